@@ -1,0 +1,35 @@
+# The two commands of the README. Each creates .venv if missing and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+CONSTRAINTS := -c constraints.txt
+PRESET ?= regression
+
+.PHONY: run test install install-test clean bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) install --quiet $(CONSTRAINTS) -e .
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed contrib/phasetrain-lion/pyproject.toml
+	$(PIP) install --quiet $(CONSTRAINTS) -e ".[test]" -e contrib/phasetrain-lion
+	@touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+run: $(VENV)/.installed
+	$(BIN)/phasetrain run $(PRESET)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q tests contrib/phasetrain-lion/tests
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info .pytest_cache .hypothesis

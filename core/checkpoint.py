@@ -1,0 +1,301 @@
+"""Checkpoints: complete state, atomic writes, safe loading, retention and resume.
+
+Layout::
+
+    <run.out_dir>/checkpoints/step-00000100/state.pt   tensors in plain containers (torch.save)
+                                          /meta.json  step, config, hashes, versions, checksum
+
+A checkpoint is written under a temporary name, every file flushed and fsynced, then renamed into
+place, so a crash leaves either the old or the new checkpoint complete. ``state.pt`` is loaded
+with ``torch.load(weights_only=True)`` after its SHA-256 matches ``meta.json``: loading never
+unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import random
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import numpy as np
+import torch
+
+from phasetrain.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from phasetrain.loop import Trainer
+
+FORMAT = 1
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+PREFIX = "step-"
+
+
+def checkpoint_dir(out_dir: Path) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def name_for(step: int) -> str:
+    return f"{PREFIX}{step:08d}"
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state as plain tensors and numbers
+# ---------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    version, mt, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["mt"].tolist()), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Collecting and applying the state of a run
+# ---------------------------------------------------------------------------------------------
+
+
+def versions(trainer: Trainer) -> dict[str, str]:
+    out = {"python": sys.version.split()[0], "torch": torch.__version__}
+    try:
+        out["phasetrain"] = importlib.metadata.version("phasetrain")
+    except importlib.metadata.PackageNotFoundError:
+        out["phasetrain"] = "unknown"
+    for info in trainer.registry.plugins:
+        out.setdefault(info.distribution, info.version)
+    return out
+
+
+def collect(trainer: Trainer) -> dict[str, Any]:
+    """Everything needed to continue ``trainer`` as if it had never stopped."""
+    state: dict[str, Any] = {
+        "model": trainer.model.state_dict(),
+        # Optimizers not rebuilt since a resume (a finished stage's) keep their saved state.
+        "optimizers": {
+            **trainer.pending_state["optimizers"],
+            **{k: opt.state_dict() for k, opt in trainer.optimizers.items()},
+        },
+        "lr_schedulers": {
+            **trainer.pending_state["lr_schedulers"],
+            **{k: s.state_dict() for k, s in trainer.lr_schedulers.items()},
+        },
+        "rng": rng_state(),
+        "trainer": attrs.asdict(trainer.state),
+        "plugins": {},
+    }
+    trainer.pm.hook.checkpoint(trainer=trainer, state=state["plugins"])
+    return state
+
+
+def apply(trainer: Trainer, state: Mapping[str, Any]) -> None:
+    """Put ``state`` (from :func:`collect`) back into a freshly built ``trainer``."""
+    trainer.model.load_state_dict(state["model"])
+    for key, value in state["trainer"].items():
+        setattr(trainer.state, key, value)
+    trainer.pending_state = {
+        "optimizers": dict(state["optimizers"]),
+        "lr_schedulers": dict(state["lr_schedulers"]),
+    }
+    trainer.pm.hook.restore(trainer=trainer, state=state["plugins"])
+    set_rng_state(state["rng"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write(path: Path, data: bytes) -> str:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return hashlib.sha256(data).hexdigest()
+
+
+def save(trainer: Trainer) -> Path:
+    """Write a checkpoint of ``trainer`` atomically and prune old ones; return its directory."""
+    import io
+
+    root = checkpoint_dir(trainer.out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    state = collect(trainer)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    final = root / name_for(trainer.state.step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    digest = _write(tmp / STATE_FILE, buffer.getvalue())
+    meta = {
+        "format": FORMAT,
+        "step": trainer.state.step,
+        "sha256": {STATE_FILE: digest},
+        "config": trainer.config.to_dict(),
+        "config_hash": trainer.config.hash(),
+        "versions": versions(trainer),
+    }
+    _write(tmp / META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
+    _fsync_dir(tmp)
+    if final.exists():  # the same step written again (after a resume): swap atomically
+        old = root / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(root)
+    prune(root, trainer.config.run.keep_checkpoints)
+    return final
+
+
+def prune(root: Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints; remove older ones and stale temporaries."""
+    for stale in root.glob(".tmp-*"):
+        if not stale.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(stale, ignore_errors=True)
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint directories under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    meta_path = path / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{meta_path}: missing") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{meta_path}: unreadable ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "sha256" not in meta:
+        raise CheckpointError(f"{meta_path}: not a phasetrain checkpoint of format {FORMAT}")
+    return meta
+
+
+def load_dir(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Verify and load one checkpoint directory → (state, meta). Never runs pickled code."""
+    path = Path(path)
+    meta = read_meta(path)
+    state_path = path / STATE_FILE
+    try:
+        data = state_path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{state_path}: missing") from None
+    except OSError as exc:
+        raise CheckpointError(f"{state_path}: unreadable ({exc})") from None
+    if hashlib.sha256(data).hexdigest() != meta["sha256"].get(STATE_FILE):
+        raise CheckpointError(f"{state_path}: checksum mismatch (truncated or modified)")
+    import io
+
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError and friends for unsafe content
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{state_path}: refused to load ({first})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{state_path}: does not hold a phasetrain state")
+    return state, meta
+
+
+def latest_good(out_dir: Path, report: Any = None) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The newest checkpoint of a run that loads; bad ones are reported through ``report``."""
+    root = checkpoint_dir(out_dir)
+    found = list_checkpoints(root)
+    if not found:
+        raise CheckpointError(f"no checkpoint to resume from in {root}")
+    problems = []
+    for path in reversed(found):
+        try:
+            state, meta = load_dir(path)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            if report is not None:
+                report(f"skipping bad checkpoint: {exc}")
+            continue
+        return path, state, meta
+    raise CheckpointError(f"no good checkpoint in {root}: " + "; ".join(problems))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint as plain containers of tensors and numbers.
+
+    ``path`` is a run directory (its latest good checkpoint is used) or a checkpoint directory.
+    The result has at least ``"model"`` (a state dict), ``"optimizers"``, ``"trainer"`` and
+    ``"meta"`` (step, config, versions).
+    """
+    path = Path(path)
+    if (path / META_FILE).exists():
+        state, meta = load_dir(path)
+    else:
+        _, state, meta = latest_good(path)
+    state["meta"] = meta
+    return state
+
+
+def load_model(run_dir: str | Path) -> torch.nn.Module:
+    """The trained model of a run, rebuilt from its config and weights, in eval mode."""
+    from phasetrain import config as config_mod
+    from phasetrain.loop import Trainer
+
+    state = load_checkpoint(run_dir)
+    cfg = config_mod.build(state["meta"]["config"], source=str(run_dir))
+    cfg.run.device = "cpu"
+    observers_off = {name: attrs.evolve(o, enabled=False) for name, o in cfg.observers.items()}
+    cfg.observers = observers_off
+    trainer = Trainer(cfg)
+    trainer.model.load_state_dict(state["model"])
+    model = getattr(trainer.task, "export_model", lambda m: m)(trainer.model)
+    return model.eval()

@@ -1,0 +1,92 @@
+"""The `phasetrain` command: exit codes, one-line errors, listings."""
+
+from __future__ import annotations
+
+import tomllib
+
+from .conftest import run_cli
+
+
+def test_run_trains_a_preset_and_prints_a_summary(tmp_path):
+    result = run_cli("run", "regression", "--set", "run.steps=20", "--set", f"run.out_dir='{tmp_path}'")
+    assert result.returncode == 0, result.stderr
+    assert "== phasetrain summary (completed) ==" in result.stdout
+    assert "eval_loss" in result.stdout
+    assert (tmp_path / "checkpoints" / "step-00000020" / "state.pt").exists()
+
+
+def test_progress_is_plain_lines_when_not_a_terminal(tmp_path):
+    result = run_cli("run", "regression", "--set", "run.steps=20", "--set", "run.log_every=10",
+                     "--set", f"run.out_dir='{tmp_path}'")
+    assert "\r" not in result.stdout
+    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("step ")] == ["10/20", "20/20"]
+
+
+def test_bad_config_exits_2_with_one_line_naming_file_and_field(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[task]\nuse = "regression"\n[optimizer]\nuse = "adam"\nlr = "fast"\n')
+    result = run_cli("run", str(bad))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"phasetrain: error: {bad}: optimizer.lr: expected a float, got a string 'fast'"]
+
+
+def test_unknown_key_and_unknown_component_exit_2(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[task]\nuse = "regresion"\n')
+    result = run_cli("run", str(bad))
+    assert result.returncode == 2
+    assert "unknown task 'regresion'" in result.stderr and "did you mean 'regression'?" in result.stderr
+    result = run_cli("run", "regression", "--set", "run.stepz=3")
+    assert result.returncode == 2 and "run.stepz: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_toml_and_missing_file_exit_2(tmp_path):
+    bad = tmp_path / "broken.toml"
+    bad.write_text("[task\n")
+    result = run_cli("run", str(bad))
+    assert result.returncode == 2 and f"{bad}: not valid TOML" in result.stderr
+    result = run_cli("run", str(tmp_path / "missing.toml"))
+    assert result.returncode == 2 and "no such file" in result.stderr
+
+
+def test_bad_arguments_exit_2():
+    assert run_cli("frobnicate").returncode == 2
+    assert run_cli("run").returncode == 2
+
+
+def test_config_prints_the_resolved_config_as_toml():
+    result = run_cli("config", "lm", "--set", "optimizer.lr=0.01")
+    assert result.returncode == 0, result.stderr
+    data = tomllib.loads(result.stdout)
+    assert data["optimizer"] == {**data["optimizer"], "use": "adamw", "lr": 0.01}
+    assert data["run"]["keep_checkpoints"] == 3 and data["task"]["n_head"] == 4
+
+
+def test_presets_lists_the_shipped_presets():
+    result = run_cli("presets")
+    assert result.returncode == 0
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert {"regression", "lm", "regression-lbfgs"} <= set(names)
+
+
+def test_a_failure_during_training_exits_1_and_keeps_the_last_checkpoint(tmp_path):
+    from .test_registry import fake_distribution
+
+    env = fake_distribution(tmp_path / "site", """
+        from phasetrain import hookimpl
+
+        @hookimpl
+        def post_step(step):
+            if step == 6:
+                raise RuntimeError("sensor on fire")
+    """, name="crashplug")
+    out = tmp_path / "out"
+    result = run_cli("run", "regression", "--set", "run.steps=10", "--set", "run.checkpoint_every=5",
+                     "--set", f"run.out_dir='{out}'", env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "phasetrain: training failed: RuntimeError: sensor on fire"
+    assert "== phasetrain summary (failed) ==" in result.stdout
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000005"]
