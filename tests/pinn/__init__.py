@@ -1,0 +1,1 @@
+"""Tests of the PINN math layer (phasetrain.plugins.pinn)."""
