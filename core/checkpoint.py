@@ -28,7 +28,7 @@ import attrs
 import numpy as np
 import torch
 
-from phasetrain.errors import CheckpointError
+from phasetrain.errors import CheckpointError, TrainingFailed
 
 if TYPE_CHECKING:
     from phasetrain.loop import Trainer
@@ -158,6 +158,9 @@ def save(trainer: Trainer) -> Path:
     """Write a checkpoint of ``trainer`` atomically and prune old ones; return its directory."""
     import io
 
+    bad = [n for n, t in trainer.model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise TrainingFailed(f"refusing to write a checkpoint with non-finite weights ({', '.join(bad[:3])})")
     root = checkpoint_dir(trainer.out_dir)
     root.mkdir(parents=True, exist_ok=True)
     state = collect(trainer)

@@ -100,6 +100,10 @@ class RunConfig:
     keep_checkpoints: int = attrs.field(default=3, validator=positive)
     grad_accum_steps: int = attrs.field(default=1, validator=positive)  # micro-batches per step
     threads: int = attrs.field(default=0, validator=non_negative)  # torch threads; 0: torch's default
+    # After a non-finite loss or gradient (never applied): "skip", "rollback" or "stop".
+    nonfinite: str = attrs.field(default="skip", validator=one_of("skip", "rollback", "stop"))
+    nonfinite_patience: int = attrs.field(default=3, validator=positive)  # consecutive bad steps
+    nonfinite_lr_factor: float = attrs.field(default=0.5, validator=in_range(1e-6, 1.0))  # rollback
 
 
 @attrs.frozen
@@ -486,6 +490,9 @@ RESUMABLE_CHANGES = (
     "run.checkpoint_every",
     "run.keep_checkpoints",
     "run.threads",
+    "run.nonfinite",
+    "run.nonfinite_patience",
+    "run.nonfinite_lr_factor",
     "observers",
 )
 

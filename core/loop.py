@@ -21,6 +21,7 @@ import torch
 from phasetrain import config as config_mod
 from phasetrain import step as step_mod
 from phasetrain.dispatch import FastHooks
+from phasetrain.guard import NonFiniteGuard
 from phasetrain.config import Choice, Config
 from phasetrain.errors import BadInput, PhasetrainError
 from phasetrain.registry import PluginInfo, Registry, load_registry, register
@@ -127,6 +128,8 @@ class Trainer:
         self.registry = registry or load_registry()
         self.pm = self.registry.plugin_manager()
         register(self.pm, step_mod, "phasetrain.step", "the kernel's real step")
+        self.guard = NonFiniteGuard()
+        register(self.pm, self.guard, "phasetrain.guard", "the kernel's non-finite guard")
         self.fast = FastHooks(self.pm)
         for index, extra in enumerate(plugins):
             name = getattr(extra, "__name__", f"{type(extra).__name__}-{index}")
@@ -151,6 +154,7 @@ class Trainer:
         for kind in self.BUILD_ORDER:
             self.component(kind)
         self.model: torch.nn.Module = self.task.model
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.observers = {
             name: self._register(
                 self._make("observer", name, observer.options), f"observer:{name}", "observer", name
@@ -259,7 +263,7 @@ class Trainer:
         key = phase.optimizer_key
         if key not in self.optimizers:
             choice = phase.optimizer or self.config.optimizer
-            opt = self.build(choice, params=[p for p in self.model.parameters() if p.requires_grad])
+            opt = self.build(choice, params=self.trainable)
             self.optimizers[key] = opt
             lr_choice = phase.lr_schedule or (self.config.lr_schedule if key == "main" else None)
             if lr_choice is not None:
@@ -272,6 +276,14 @@ class Trainer:
             if key in self.pending_state["lr_schedulers"] and key in self.lr_schedulers:
                 self.lr_schedulers[key].load_state_dict(self.pending_state["lr_schedulers"].pop(key))
         return self.optimizers[key]
+
+    def rebuild_optimizers(self) -> None:
+        """Load pending saved state (after ``checkpoint.apply``) into optimizers already built."""
+        for key, optimizer in self.optimizers.items():
+            if key in self.pending_state["optimizers"]:
+                optimizer.load_state_dict(self.pending_state["optimizers"].pop(key))
+            if key in self.pending_state["lr_schedulers"] and key in self.lr_schedulers:
+                self.lr_schedulers[key].load_state_dict(self.pending_state["lr_schedulers"].pop(key))
 
     # -- the loop -------------------------------------------------------------------------------
 

@@ -7,10 +7,18 @@ A step fetches ``run.grad_accum_steps`` micro-batches (the data position advance
 then hands a closure to the precision policy, which runs it through the optimizer. The closure
 is re-entrant: closure-based optimizers such as L-BFGS may call it several times, always on the
 same micro-batches.
+
+Non-finite guard: after backward, the closure checks that the loss and the gradient norm are
+finite (the gradients are left to the policy when it ``handles_overflow``, as fp16 loss scaling
+does). If not, it raises before the optimizer touches anything, so a NaN or inf is never
+applied; for closure optimizers, which may have moved the weights inside a line search, the
+weights and optimizer state are put back. The step then reports ``nonfinite = 1``; the
+:class:`phasetrain.guard.NonFiniteGuard` decides what happens next.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +30,23 @@ if TYPE_CHECKING:
     from phasetrain.loop import Phase, Trainer
 
 
+class NonFiniteStep(Exception):
+    """Raised inside the closure to abandon a step whose loss or gradients are not finite."""
+
+    def __init__(self, loss: torch.Tensor):
+        self.loss = loss
+        super().__init__("non-finite loss or gradient")
+
+
+def _finite(loss: torch.Tensor, params: list[torch.Tensor], check_grads: bool) -> bool:
+    check = loss
+    if check_grads:
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            check = check + torch.nn.utils.get_total_norm(grads, foreach=True)
+    return bool(torch.isfinite(check))
+
+
 @hookimpl(trylast=True)
 def run_step(trainer: Trainer, step: int, phase: Phase) -> dict[str, Any]:
     task, model, precision = trainer.task, trainer.model, trainer.precision
@@ -30,6 +55,8 @@ def run_step(trainer: Trainer, step: int, phase: Phase) -> dict[str, Any]:
     first = trainer.state.batches
     batches = [task.batch(first + i) for i in range(accum)]
     trainer.state.batches = first + accum
+    params = trainer.trainable
+    check_grads = not getattr(precision, "handles_overflow", False)
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
@@ -41,13 +68,31 @@ def run_step(trainer: Trainer, step: int, phase: Phase) -> dict[str, Any]:
                 loss = loss / accum
             precision.backward(loss)
             total = loss.detach() if total is None else total + loss.detach()
+        if not _finite(total, params, check_grads):
+            raise NonFiniteStep(total)
         return total
 
-    loss = precision.step(optimizer, closure)
+    needs_closure = getattr(optimizer, "requires_closure", False)
+    if needs_closure:  # a line search may move the weights before a bad evaluation
+        saved = ([p.detach().clone() for p in params], copy.deepcopy(optimizer.state_dict()))
+    try:
+        loss = precision.step(optimizer, closure)
+        nonfinite = 0
+    except NonFiniteStep as bad:
+        loss, nonfinite = bad.loss, 1
+        optimizer.zero_grad(set_to_none=True)
+        if needs_closure:
+            with torch.no_grad():
+                for p, value in zip(params, saved[0], strict=True):
+                    p.copy_(value)
+            optimizer.load_state_dict(saved[1])
     scheduler = trainer.lr_scheduler
     if scheduler is not None:
         scheduler.step()
-    return {"loss": loss, "lr": optimizer.param_groups[0]["lr"]}
+    metrics = {"loss": loss, "lr": optimizer.param_groups[0]["lr"]}
+    if nonfinite:
+        metrics["nonfinite"] = 1
+    return metrics
 
 
 def as_numbers(metrics: Mapping[str, Any]) -> dict[str, Any]:
