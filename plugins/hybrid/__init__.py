@@ -1,0 +1,1 @@
+"""Hybrid predictive training: the hybrid schedule and dynamics models."""

@@ -1,0 +1,225 @@
+"""Hybrid predictive training: phase rules, no backward in Predict, rollback, resume."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import phasetrain
+from phasetrain import Component, hookimpl
+from phasetrain.plugins.hybrid.schedule import HybridController, HybridOptions
+from phasetrain.registry import plugin
+
+# -- the rules, on synthetic sequences ------------------------------------------------------------
+
+options_strategy = st.builds(
+    HybridOptions,
+    warmup_steps=st.integers(0, 10), min_full_steps=st.integers(0, 5),
+    confidence_threshold=st.floats(0.0, 1.0), initial_predict_steps=st.integers(1, 6),
+    max_predict_steps=st.integers(1, 12), loss_check_every=st.integers(1, 4),
+    abort_tolerance=st.floats(0.0, 0.2), correct_steps=st.integers(1, 5),
+    rollback_tolerance=st.floats(0.0, 0.2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(options=options_strategy, total=st.integers(1, 80), data=st.data())
+def test_phase_transitions_follow_the_rules(options, total, data):
+    c = HybridController(options, total)
+    confidences = data.draw(st.lists(st.floats(0.0, 1.0), min_size=total, max_size=total))
+    losses = data.draw(st.lists(st.floats(0.1, 2.0), min_size=total, max_size=total))
+    phases, budgets = [], []
+    for step in range(total):
+        before = c.phase
+        phase = c.next_phase(step, confidences[step])
+        if phase != before:  # a transition happened now
+            assert (before, phase) in {("warmup", "full"), ("full", "predict"), ("predict", "correct"),
+                                       ("correct", "predict"), ("correct", "full")}
+            if phase == "predict":
+                assert confidences[step] >= options.confidence_threshold
+                assert total - step - options.correct_steps >= 1  # room to predict and correct
+                if before == "full":
+                    assert phases.count("full") >= options.min_full_steps
+            if before == "predict":
+                c.judged(losses[step], 1.0)
+        if phase == "predict":
+            budgets.append(c.budget)
+            if (c.phase_step + 1) % options.loss_check_every == 0:
+                c.check(losses[step], 1.0)
+        phases.append(phase)
+        c.stepped()
+        assert 1 <= c.budget <= options.max_predict_steps
+    assert all(p == "warmup" for p in phases[: options.warmup_steps])
+    # every predicted stretch is at most the budget and is followed by a correction
+    run, stretches = 0, []
+    for p in phases + ["end"]:
+        if p == "predict":
+            run += 1
+        elif run:
+            stretches.append((run, p))
+            run = 0
+    for length, after in stretches:
+        assert length <= options.max_predict_steps
+        assert after in ("correct", "end")
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+def hybrid(quiet, *extra, plugins=()):
+    return phasetrain.Trainer.from_config(
+        "regression",
+        [*quiet, "run.steps=60", "schedule={use='hybrid', warmup_steps=10, min_full_steps=5, "
+         "confidence_threshold=0.0, initial_predict_steps=4, correct_steps=4}", "dynamics={use='linear', window=3}",
+         *extra],
+        plugins=list(plugins),
+    )
+
+
+class BackwardCounter:
+    """Counts backward passes through the parameters, per phase."""
+
+    def __init__(self):
+        self.by_phase = {}
+        self.phase = None
+
+    @hookimpl
+    def train_start(self, trainer):
+        for p in trainer.model.parameters():
+            p.register_hook(self._count)
+
+    def _count(self, grad):
+        self.by_phase[self.phase] = self.by_phase.get(self.phase, 0) + 1
+        return grad
+
+    @hookimpl
+    def pre_step(self, trainer):
+        self.phase = trainer.schedule.controller.phase
+
+
+def test_predicted_steps_run_no_backward_and_take_no_data(quiet):
+    counter = BackwardCounter()
+    trainer = hybrid(quiet, plugins=[counter])
+    trainer.fit()
+    schedule = trainer.schedule
+    assert schedule.predicted_steps > 0
+    assert counter.by_phase.get("predict", 0) == 0
+    assert counter.by_phase["full"] > 0 and counter.by_phase["correct"] > 0
+    assert trainer.state.batches == schedule.real_steps  # one micro-batch per real step only
+
+
+def test_confidence_forced_to_zero_is_bitwise_plain_training(quiet):
+    plain = phasetrain.Trainer.from_config("regression", [*quiet, "run.steps=60"])
+    plain.fit()
+    never = hybrid(quiet, "schedule.force_confidence=0.0", "schedule.confidence_threshold=0.5")
+    never.fit()
+    assert never.schedule.predicted_steps == 0
+    for a, b in zip(plain.model.parameters(), never.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@attrs.define
+class WildOptions:
+    size: float = 10.0
+
+
+class Wild:
+    """A dynamics model that is always confident and always wrong."""
+
+    confidence = 1.0
+
+    def __init__(self, options, ctx):
+        self.size = options.size
+
+    def observe(self, params, loss, lr):
+        pass
+
+    def rebase(self, params):
+        pass
+
+    def predict(self, params, lr):
+        return [torch.full_like(p, self.size) for p in params]
+
+    def predicted_loss(self, k):
+        return 0.0
+
+    def penalize(self, factor):
+        pass
+
+
+class WildProvider:
+    @hookimpl
+    def phasetrain_components(self):
+        return [Component("dynamics", "wild", Wild, WildOptions)]
+
+
+class SnapshotWatch:
+    def __init__(self):
+        self.entry = None
+        self.after_rollback = None
+
+    @hookimpl(trylast=True)
+    def phase_enter(self, trainer, phase, previous):
+        if phase.name == "predict" and self.entry is None:
+            self.entry = [p.detach().clone() for p in trainer.trainable]
+        elif phase.name == "correct" and self.after_rollback is None and trainer.schedule.rollbacks:
+            self.after_rollback = [p.detach().clone() for p in trainer.trainable]
+
+
+def test_a_bad_prediction_is_rolled_back_to_the_exact_snapshot(quiet):
+    watch = SnapshotWatch()
+    trainer = hybrid(quiet, "dynamics={use='wild'}", "schedule.loss_check_every=100",
+                     plugins=[plugin(WildProvider(), "wild", "wild-dist"), watch])
+    trainer.fit()
+    assert trainer.schedule.rollbacks >= 1
+    for a, b in zip(watch.entry, watch.after_rollback, strict=True):
+        assert torch.equal(a, b)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_loss_checks_abort_a_bad_predicted_stretch_early(quiet):
+    trainer = hybrid(quiet, "dynamics={use='wild'}", "schedule.loss_check_every=1",
+                     plugins=[plugin(WildProvider(), "wild", "wild-dist")])
+    trainer.fit()
+    assert trainer.schedule.aborts >= 1
+    assert trainer.schedule.predicted_steps <= trainer.schedule.aborts + trainer.schedule.rollbacks + 4
+
+
+class StopInPredict:
+    def __init__(self):
+        self.stopped_at = None
+
+    @hookimpl
+    def post_step(self, trainer, step, metrics):
+        if self.stopped_at is None and metrics.get("predicted") and trainer.schedule.controller.phase_step == 2:
+            self.stopped_at = step + 1
+            trainer.stop_requested = True
+
+
+def test_resume_mid_predict_continues_identically(quiet, tmp_path):
+    args = [a for a in quiet if "out_dir" not in a]
+    whole = hybrid([*args, f"run.out_dir='{tmp_path / 'a'}'"])
+    whole.fit()
+    assert whole.schedule.predicted_steps > 0
+    stopper = StopInPredict()
+    first = hybrid([*args, f"run.out_dir='{tmp_path / 'b'}'"], plugins=[stopper])
+    first.fit()
+    assert stopper.stopped_at is not None and first.schedule.controller.phase == "predict"
+    second = hybrid([*args, f"run.out_dir='{tmp_path / 'b'}'"])
+    second.resume(report=lambda _m: None)
+    second.fit()
+    assert second.schedule.predicted_steps == whole.schedule.predicted_steps
+    assert second.schedule.rollbacks == whole.schedule.rollbacks
+    for a, b in zip(whole.model.parameters(), second.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_hybrid_without_dynamics_is_a_clear_error(quiet):
+    import pytest
+
+    from phasetrain.errors import BadInput
+
+    with pytest.raises(BadInput, match="needs a \\[dynamics\\] section"):
+        phasetrain.Trainer.from_config("regression", [*quiet, "run.steps=5", "schedule={use='hybrid'}"])
