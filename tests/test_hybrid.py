@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import attrs
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -198,8 +199,11 @@ class StopInPredict:
             trainer.stop_requested = True
 
 
-def test_resume_mid_predict_continues_identically(quiet, tmp_path):
+@pytest.mark.parametrize("dynamics", ["linear", "rssm"])
+def test_resume_mid_predict_continues_identically(quiet, tmp_path, dynamics):
     args = [a for a in quiet if "out_dir" not in a]
+    if dynamics == "rssm":  # trust it from the start so that it predicts in a short run
+        args += ["dynamics={use='rssm', window=3, min_scored=1}", "schedule.force_confidence=1.0"]
     whole = hybrid([*args, f"run.out_dir='{tmp_path / 'a'}'"])
     whole.fit()
     assert whole.schedule.predicted_steps > 0
@@ -223,3 +227,32 @@ def test_hybrid_without_dynamics_is_a_clear_error(quiet):
 
     with pytest.raises(BadInput, match="needs a \\[dynamics\\] section"):
         phasetrain.Trainer.from_config("regression", [*quiet, "run.steps=5", "schedule={use='hybrid'}"])
+
+
+@pytest.mark.parametrize("dynamics", ["linear", "rssm"])
+def test_dynamics_predictions_fit_the_parameters_and_confidence_is_bounded(quiet, dynamics):
+    trainer = hybrid(quiet, f"dynamics={{use='{dynamics}', window=3}}", "run.steps=40")
+    trainer.fit()
+    model = trainer.schedule.dynamics
+    deltas = model.predict(trainer.trainable, 1e-3)
+    assert len(deltas) == len(trainer.trainable)
+    for d, p in zip(deltas, trainer.trainable, strict=True):
+        assert d.shape == p.shape and d.dtype == p.dtype and torch.isfinite(d).all()
+    assert 0.0 <= model.confidence <= 1.0
+    import math
+
+    assert math.isfinite(model.predicted_loss(3))
+
+
+def test_rssm_is_not_trusted_before_it_beats_linear_on_held_out_steps(quiet):
+    trainer = hybrid(quiet, "dynamics={use='rssm', window=3, min_scored=1000}", "run.steps=40",
+                     "schedule.confidence_threshold=0.01")
+    trainer.fit()
+    model = trainer.schedule.dynamics
+    assert model.scored > 0 and not model.trusted
+    assert model.confidence == 0.0 and trainer.schedule.predicted_steps == 0
+    model.options.min_scored = 1
+    model.err_rssm, model.err_base = 1.0, 2.0
+    assert model.trusted and model.confidence == model.score
+    model.err_rssm = 3.0
+    assert not model.trusted

@@ -249,11 +249,13 @@ class Hybrid:
 
 @hookimpl
 def phasetrain_components() -> list[Component]:
-    from phasetrain.plugins.hybrid import dynamics
+    from phasetrain.plugins.hybrid import dynamics, rssm
 
     return [
         Component("schedule", "hybrid", Hybrid, HybridOptions,
                   "warmup -> full -> predict -> correct, predicted steps without backward"),
         Component("dynamics", "linear", dynamics.LinearDynamics, dynamics.LinearOptions,
                   "extrapolates an EMA of real updates with a fitted scale"),
+        Component("dynamics", "rssm", rssm.RSSMDynamics, rssm.RSSMOptions,
+                  "GRU state-space model of loss and per-layer update sizes, trusted once it beats linear"),
     ]
