@@ -39,7 +39,7 @@ def _flat_dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
 @attrs.define
 class LinearOptions:
     beta: float = attrs.field(default=0.9, validator=in_range(0.0, 0.999))  # EMA of real updates
-    window: int = attrs.field(default=10, validator=at_least(2))  # real steps per confidence test
+    window: int = attrs.field(default=5, validator=at_least(2))  # real steps per confidence test (fits in Correct)
     confidence_smoothing: float = attrs.field(default=0.5, validator=probability)  # EMA of scores
     max_scale: float = attrs.field(default=2.0, validator=positive)  # cap of the fitted step scale
 
