@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from phasetrain.errors import BadInput, PhasetrainError
+from phasetrain.errors import BadInput, PhasetrainError, PluginError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,7 +35,27 @@ def _parser() -> argparse.ArgumentParser:
     cfg.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sub.add_parser("plugins", help="list installed plugins, their components and distributions")
     sub.add_parser("presets", help="list the presets installed plugins offer")
+    _add_plugin_commands(sub)
     return p
+
+
+def _add_plugin_commands(sub: Any) -> None:
+    """Let installed plugins add subcommands (the ``phasetrain_add_commands`` hook); each one sets
+    ``handler`` with ``set_defaults``. A plugin that takes a name already in use is named."""
+    from phasetrain.registry import load_registry
+
+    registry = load_registry()
+    hook = registry.plugin_manager().hook.phasetrain_add_commands
+    for impl in reversed(hook.get_hookimpls()):  # pluggy's calling order
+        label = next((i.label for i in registry.plugins if i.plugin is impl.plugin), repr(impl.plugin))
+        before = dict(sub.choices)
+        try:
+            impl.function(*[{"subparsers": sub}[name] for name in impl.argnames])
+        except Exception as exc:  # argparse refuses a taken name on Python 3.11+; any other bug
+            raise PluginError(f"{label}: phasetrain_add_commands failed: {exc}") from exc
+        taken = [name for name, parser in before.items() if sub.choices.get(name) is not parser]
+        if taken:
+            raise PluginError(f"{label}: phasetrain_add_commands took the existing command {taken[0]!r}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -138,9 +158,12 @@ COMMANDS = {"run": cmd_run, "config": cmd_config, "plugins": cmd_plugins, "prese
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        args = _parser().parse_args(argv)
+        handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
+        if handler is None:
+            raise PluginError(f"command {args.command!r} has no handler (set_defaults(handler=...))")
+        return handler(args)
     except BadInput as exc:
         print(f"phasetrain: error: {exc}", file=sys.stderr)
         return 2

@@ -147,7 +147,7 @@ SECTION_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
     "precision": {"use": "fp32"},
     "offload": {"use": "none"},
 }
-OBSERVER_DEFAULTS: Mapping[str, Mapping[str, Any]] = {"console": {}}
+OBSERVER_DEFAULTS: Mapping[str, Mapping[str, Any]] = {"console": {}, "jsonl": {}}
 
 
 @attrs.frozen

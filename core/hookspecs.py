@@ -25,7 +25,8 @@ The whole protocol of one run, in order (``Trainer.fit``)::
 
 On ``--resume`` the loop calls ``restore(trainer, state)`` after building every component and
 before ``train_start``. ``phasetrain_components`` and ``phasetrain_presets`` are asked once, when
-plugins are loaded, never during a run.
+plugins are loaded, never during a run; ``phasetrain_add_commands`` once per ``phasetrain``
+command line, before its arguments are parsed.
 
 Ordering: pluggy calls implementations newest-registered first; ``tryfirst``/``trylast`` move an
 implementation to the front or back. Loggers and other pure observers should be ``trylast`` on
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from argparse import _SubParsersAction
     from collections.abc import Mapping, MutableMapping, Sequence
 
     from phasetrain.loop import Outcome, Phase, Trainer
@@ -78,6 +80,30 @@ def phasetrain_presets() -> Mapping[str, Any]:
     name are an error.
 
     :return: a mapping from preset name to TOML file.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line: asked once per `phasetrain` command, before its arguments are parsed
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def phasetrain_add_commands(subparsers: _SubParsersAction) -> None:
+    """Add subcommands to the ``phasetrain`` command line.
+
+    Called once by ``phasetrain`` (and ``python -m phasetrain``) before it parses its arguments,
+    with the ``argparse`` sub-parsers object that already holds the built-in commands (``run``,
+    ``config``, ``plugins``, ``presets``). Add one parser per command with
+    ``subparsers.add_parser(name, help=...)``, declare its arguments, and give it a handler with
+    ``parser.set_defaults(handler=function)``: after parsing, the command calls
+    ``function(args)`` with the parsed ``argparse.Namespace`` and exits with the integer it
+    returns (0 done, 1 failure). Raise :class:`phasetrain.errors.BadInput` for bad input: the
+    command prints its message on one line and exits 2. A name that is already taken is a
+    :class:`phasetrain.errors.PluginError` naming this plugin. Keep the hook cheap: it runs for
+    every command, so import heavy modules inside the handler, not here.
+
+    :return: nothing; the return value is ignored.
     """
 
 

@@ -1,12 +1,15 @@
 """The console observer: progress while training and a summary at the end.
 
-On a terminal it redraws one progress line (phase, step, loss, steps/s, ETA); otherwise it
-prints a plain line every ``every`` steps, so logs stay readable in files and CI. ``quiet``
-keeps only the summary.
+On a terminal it redraws one progress bar (step, phase, loss, steps/s, ETA) in place with ``\r``,
+at every ``every`` steps and at most every ``REDRAW`` seconds in between, cut to the terminal's
+width so it never wraps; otherwise it prints a plain line with every metric every ``every``
+steps, so logs stay readable in files and CI. ``bar = "always"`` or ``"never"`` overrides the
+terminal check; ``quiet`` keeps only the summary.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from typing import Any, TextIO
@@ -20,7 +23,7 @@ from phasetrain.config import non_negative, one_of
 @attrs.define
 class ConsoleOptions:
     every: int = attrs.field(default=0, validator=non_negative)  # 0: run.log_every
-    bar: str = attrs.field(default="auto", validator=one_of("auto", "always", "never"))
+    bar: str = attrs.field(default="auto", validator=one_of("auto", "always", "never"))  # auto: on a terminal
     quiet: bool = False  # only the summary
 
 
@@ -30,22 +33,32 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _number(value: Any) -> Any:
+    """A 0-dim tensor as a Python number (synchronises its device: only when printing)."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def _clock(seconds: float) -> str:
     seconds = int(max(0, seconds))
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 class Console:
+    REDRAW = 0.25  # seconds between two redraws of the bar
+
     def __init__(self, options: ConsoleOptions, ctx: Any, stream: TextIO | None = None):
         self.options = options
         self._stream = stream
         self.every = options.every or ctx.config.run.log_every
         tty = hasattr(self.stream, "isatty") and self.stream.isatty()  # noqa: decided once
         self.bar = options.bar == "always" or (options.bar == "auto" and tty)
+        self.width = shutil.get_terminal_size((100, 24)).columns - 1 if self.bar else 0
         self.total = ctx.config.run.steps
         self._t0 = 0.0
         self._step0 = 0
         self._bar_open = False
+        self._drawn = 0.0  # perf_counter of the last redraw
+        self._bar_len = 0  # length of the bar line on screen, to blank what a shorter one leaves
 
     @property
     def stream(self) -> TextIO:
@@ -55,6 +68,7 @@ class Console:
         if self._bar_open:
             self.stream.write("\n")
             self._bar_open = False
+            self._bar_len = 0
         self.stream.write(text + "\n")
         self.stream.flush()
 
@@ -77,28 +91,37 @@ class Console:
     @hookimpl(trylast=True)
     def post_step(self, trainer: Any, step: int, metrics: Any) -> None:
         done = step + 1
-        if self.options.quiet or (done % self.every and done != self.total):
+        if self.options.quiet:
             return
-        elapsed = time.perf_counter() - self._t0
-        rate = (done - self._step0) / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - done) / rate if rate > 0 else 0.0
-        fields = " ".join(
-            f"{k} {_fmt(v.item() if hasattr(v, 'item') else v)}"
-            for k, v in metrics.items()
-            if k != "phase"
-        )
-        phase = trainer.state.phase
+        due = not done % self.every or done == self.total
         if self.bar:
-            width = 24
-            filled = int(width * done / self.total)
-            bar = "#" * filled + "-" * (width - filled)
-            self.stream.write(
-                f"\r[{bar}] {done}/{self.total} {phase} {fields} {rate:.1f} it/s ETA {_clock(eta)} "
-            )
-            self.stream.flush()
-            self._bar_open = True
-        else:
-            self._print(f"step {done}/{self.total} [{phase}] {fields} ({rate:.1f} it/s, ETA {_clock(eta)})")
+            now = time.perf_counter()
+            if due or now - self._drawn >= self.REDRAW:
+                self._drawn = now
+                self._draw_bar(trainer.state.phase, done, metrics, now)
+        elif due:
+            rate, eta = self._speed(done, time.perf_counter())
+            fields = " ".join(f"{k} {_fmt(_number(v))}" for k, v in metrics.items() if k != "phase")
+            phase = trainer.state.phase
+            self._print(f"step {done}/{self.total} [{phase}] {fields} ({rate:.1f} steps/s, ETA {_clock(eta)})")
+
+    def _speed(self, done: int, now: float) -> tuple[float, float]:
+        """Steps per second since this fit() started, and the seconds left at that rate."""
+        elapsed = now - self._t0
+        rate = (done - self._step0) / elapsed if elapsed > 0 else 0.0
+        return rate, (self.total - done) / rate if rate > 0 else 0.0
+
+    def _draw_bar(self, phase: str, done: int, metrics: Any, now: float) -> None:
+        rate, eta = self._speed(done, now)
+        size = 24
+        filled = int(size * done / self.total)
+        loss = f" loss {_fmt(_number(metrics['loss']))}" if "loss" in metrics else ""
+        line = (f"[{'#' * filled}{'-' * (size - filled)}] {done}/{self.total} {phase}{loss} "
+                f"{rate:.1f} steps/s ETA {_clock(eta)}")[: self.width]
+        self.stream.write("\r" + line.ljust(self._bar_len))
+        self.stream.flush()
+        self._bar_len = len(line)
+        self._bar_open = True
 
     @hookimpl(trylast=True)
     def eval_end(self, trainer: Any, step: int, metrics: Any) -> None:

@@ -1,0 +1,221 @@
+"""The ``jsonl`` observer: one JSON record per line in ``<run.out_dir>/metrics.jsonl``.
+
+The format is documented in docs/metrics.md and is what ``phasetrain report`` reads. Every record
+has ``kind``, ``step``, ``time`` (seconds of training since the run started, continued across
+resumes), ``wall`` (Unix time) and ``phase``:
+
+- ``"train"``: every ``every`` steps and at the last step, with ``loss``, ``lr`` and every other
+  scalar number in the step's metrics;
+- ``"eval"``: after each evaluation, with its metrics (``eval_loss``, ...);
+- ``"phase"``: the schedule entered another phase (``previous`` names the one that ended);
+- ``"end"``: the run ended (``status``, and ``error`` when it failed).
+
+A resumed run keeps the records up to the step it resumes from and appends after them, so the
+file reads as if the run had never stopped. Only rank 0 writes under torch.distributed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+
+from phasetrain import Component, hookimpl
+from phasetrain.config import FieldValueError, non_negative
+from phasetrain.errors import BadInput
+from phasetrain.plugins.observing import RunClock, finite_or_none, is_writer, numeric_fields
+
+FILE = "metrics.jsonl"
+#: Fields every record has; metric fields of the same name are not copied over them.
+RESERVED = ("kind", "step", "time", "wall", "phase")
+#: Key of this observer's state inside a checkpoint.
+STATE_KEY = "metrics_jsonl"
+
+
+def _relative_file(_instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if not value.strip():
+        raise FieldValueError(attribute.name, "must name a file, got an empty string")
+
+
+@attrs.define
+class JsonlOptions:
+    """Where and how often the metrics file is written."""
+
+    every: int = attrs.field(default=0, validator=non_negative)  # train records every N steps; 0: run.log_every
+    file: str = attrs.field(default=FILE, validator=_relative_file)  # relative to run.out_dir
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a metrics file, in order.
+
+    A last line that does not parse is a record cut short by a crash and is left out; any other
+    line that is not a JSON object is a :class:`BadInput` naming the file and the line.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read ({exc.strerror or exc})") from None
+    records = []
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            if index == last:
+                break
+            raise BadInput(f"{path}:{index + 1}: not a JSON object; is this a phasetrain metrics file?")
+        records.append(record)
+    return records
+
+
+def encode(record: Mapping[str, Any]) -> str:
+    """One record as a line of strict JSON (non-finite numbers become ``null``)."""
+    return json.dumps({k: finite_or_none(v) for k, v in record.items()}, allow_nan=False)
+
+
+def _write_all(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    """Replace ``path`` with ``records`` atomically, so a crash keeps the old file whole."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(encode(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class JsonlMetrics:
+    """Writes the metrics file; see the module docstring for the records."""
+
+    def __init__(self, options: JsonlOptions, ctx: Any):
+        self.every = options.every or ctx.config.run.log_every
+        self.total = ctx.config.run.steps
+        self.path = Path(ctx.out_dir) / options.file
+        self.clock = RunClock()
+        self._file: IO[str] | None = None
+        self._last_train = -1  # step of the last train record written
+        self._last_phase: str | None = None
+        self._restored_time: float | None = None
+
+    # -- state across resumes -------------------------------------------------------------------
+
+    @hookimpl
+    def checkpoint(self, state: Any) -> None:
+        state[STATE_KEY] = {"time": self.clock.now()}
+
+    @hookimpl
+    def restore(self, trainer: Any, state: Any) -> None:
+        if self._file is not None:
+            # Rolled back to a checkpoint during the run: the steps after it will be run again,
+            # so their records go; the clock runs on (the lost time is real time).
+            self._file.close()
+            self._file = self._open(trainer.state.step)
+            return
+        saved = state.get(STATE_KEY)
+        if isinstance(saved, Mapping) and "time" in saved:
+            self._restored_time = float(saved["time"])
+
+    # -- the run --------------------------------------------------------------------------------
+
+    @hookimpl
+    def train_start(self, trainer: Any) -> None:
+        if not is_writer():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self._open(trainer.state.step, start_clock=True)
+
+    def _open(self, step: int, start_clock: bool = False) -> IO[str]:
+        """Keep the records up to ``step`` (none for a fresh run), then open for appending."""
+        kept: list[dict[str, Any]] = []
+        if step > 0 and self.path.exists():
+            kept = [r for r in read_records(self.path) if _step_of(r) <= step]
+        _write_all(self.path, kept)
+        if start_clock:
+            # Training time goes on from the checkpoint's, or from the last record kept if that
+            # is later (an interrupted run writes its last records just after its checkpoint).
+            times = [r["time"] for r in kept if isinstance(r.get("time"), (int, float))]
+            self.clock.start(max([*times, self._restored_time or 0.0]))
+        self._last_train = max((_step_of(r) for r in kept if r.get("kind") == "train"), default=-1)
+        phases = [r.get("phase") for r in kept if r.get("kind") == "phase"]
+        self._last_phase = phases[-1] if phases else None
+        return open(self.path, "a", encoding="utf-8")
+
+    @hookimpl
+    def phase_enter(self, trainer: Any, phase: Any, previous: Any) -> None:
+        if self._file is None:
+            return
+        if previous is None and phase.name == self._last_phase:
+            return  # resumed inside the phase the file already records
+        before = previous.name if previous is not None else self._last_phase
+        self._write("phase", trainer.state.step, phase.name, {"previous": before})
+        self._last_phase = phase.name
+
+    @hookimpl(trylast=True)
+    def post_step(self, trainer: Any, step: int, metrics: Any) -> None:
+        done = step + 1
+        if self._file is None or (done % self.every and done != self.total):
+            return
+        if trainer.state.step != done:
+            return  # a plugin rolled the run back during this post_step: the step is undone
+        self._write("train", done, trainer.state.phase, _train_fields(metrics))
+        self._last_train = done
+
+    @hookimpl(trylast=True)
+    def eval_end(self, trainer: Any, step: int, metrics: Any) -> None:
+        if self._file is None:
+            return
+        self._write("eval", step, trainer.state.phase, numeric_fields(metrics, RESERVED))
+
+    @hookimpl
+    def train_end(self, trainer: Any, outcome: Any) -> None:
+        if self._file is None:
+            return
+        try:
+            fields = _train_fields(outcome.metrics)
+            if outcome.steps > self._last_train and fields:  # stopped between two records
+                self._write("train", outcome.steps, trainer.state.phase, fields)
+                self._last_train = outcome.steps
+            end: dict[str, Any] = {"status": outcome.status}
+            if outcome.error:
+                end["error"] = outcome.error
+            self._write("end", outcome.steps, trainer.state.phase, end)
+        finally:
+            self._file.close()
+            self._file = None
+
+    def _write(self, kind: str, step: int, phase: str, fields: Mapping[str, Any]) -> None:
+        assert self._file is not None
+        record = {"kind": kind, "step": step, "time": round(self.clock.now(), 6),
+                  "wall": round(time.time(), 6), "phase": phase, **fields}
+        self._file.write(encode(record) + "\n")
+        self._file.flush()  # a crash loses at most the record being written
+
+
+def _step_of(record: Mapping[str, Any]) -> int:
+    step = record.get("step")
+    return step if isinstance(step, int) and not isinstance(step, bool) else 0
+
+
+def _train_fields(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """``loss`` and ``lr`` first (when present), then the other scalar numbers."""
+    fields = numeric_fields(metrics, RESERVED)
+    ordered = {k: fields.pop(k) for k in ("loss", "lr") if k in fields}
+    return {**ordered, **fields}
+
+
+@hookimpl
+def phasetrain_components() -> list[Component]:
+    return [
+        Component("observer", "jsonl", JsonlMetrics, JsonlOptions,
+                  "metrics file: one JSON record per logged step, evaluation and phase change"),
+    ]

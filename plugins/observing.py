@@ -1,0 +1,77 @@
+"""Helpers shared by the observers that write files: which process writes, and metrics as numbers.
+
+Under ``torchrun`` every rank runs the same hooks; only rank 0 writes logs, so that one run gives
+one metrics file and one TensorBoard run. Metrics arrive as mappings whose values may be 0-dim
+tensors, Python numbers or anything else a plugin added; files want plain finite-or-null numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+
+def is_writer() -> bool:
+    """True unless torch.distributed is initialised and this process is not rank 0."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
+
+
+def as_number(value: Any) -> float | int | bool | None:
+    """A scalar metric as a plain number, or ``None`` when ``value`` is not a scalar number.
+
+    0-dim (or one-element) tensors become floats (bool tensors become bools); Python ints and
+    bools stay as they are; NumPy scalars become Python numbers.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return None
+        return bool(value.item()) if value.dtype == torch.bool else float(value.item())
+    if isinstance(value, (bool, int, float)):
+        return value
+    item = getattr(value, "item", None)  # NumPy scalars
+    if callable(item) and getattr(value, "shape", None) == ():
+        out = item()
+        return out if isinstance(out, (bool, int, float)) else None
+    return None
+
+
+def numeric_fields(metrics: Mapping[str, Any], skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The scalar numeric fields of ``metrics`` as plain numbers, in their original order."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if key in skip:
+            continue
+        number = as_number(value)
+        if number is not None:
+            out[str(key)] = number
+    return out
+
+
+def finite_or_none(value: Any) -> Any:
+    """Non-finite floats as ``None``, so that files stay strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class RunClock:
+    """Seconds of training since the run started, continued across resumes.
+
+    ``start(offset)`` is called at ``train_start`` with the training time already spent before a
+    resume (0 for a fresh run); ``now()`` then counts on from there.
+    """
+
+    def __init__(self) -> None:
+        self._t0 = time.perf_counter()
+        self._offset = 0.0
+
+    def start(self, offset: float = 0.0) -> None:
+        self._t0, self._offset = time.perf_counter(), offset
+
+    def now(self) -> float:
+        return self._offset + time.perf_counter() - self._t0
