@@ -130,9 +130,9 @@ def cmd_plugins(_args: argparse.Namespace) -> int:
         what = ", ".join(c.split(":", 1)[1] for c in components)
         if hooks:
             what = (what + "; " if what else "") + "hooks: " + ", ".join(hooks)
-        if not what and registry.presets():
-            names = [n for n, (_, origin) in registry.presets().items() if origin is info]
-            what = "presets: " + ", ".join(names)
+        names = [n for n, (_, origin) in registry.presets().items() if origin is info]
+        if names:
+            what = (what + "; " if what else "") + "presets: " + ", ".join(names)
         dist = f"{info.distribution} {info.version}"
         print(f"{info.name:<16} {dist:<26} {','.join(kinds) or '-':<22} {what}")
     return 0

@@ -305,6 +305,7 @@ class Trainer:
         status, error = "completed", ""
         started = time.perf_counter()
         elapsed_before = self.state.elapsed
+        self._clock = (started, elapsed_before)
         hook.train_start(trainer=self)
         try:
             while self.state.step < run.steps and not self.stop_requested:
@@ -384,4 +385,7 @@ class Trainer:
         """Write a checkpoint of the whole run (see :mod:`phasetrain.checkpoint`)."""
         from phasetrain import checkpoint
 
+        clock = getattr(self, "_clock", None)
+        if clock is not None:  # checkpoints carry the training time so far, across resumes
+            self.state.elapsed = clock[1] + time.perf_counter() - clock[0]
         return checkpoint.save(self)
