@@ -28,6 +28,7 @@ import attrs
 import numpy as np
 import torch
 
+from phasetrain import distributed
 from phasetrain.errors import CheckpointError, TrainingFailed
 
 if TYPE_CHECKING:
@@ -112,7 +113,8 @@ def collect(trainer: Trainer) -> dict[str, Any]:
             **trainer.pending_state["lr_schedulers"],
             **{k: s.state_dict() for k, s in trainer.lr_schedulers.items()},
         },
-        "rng": rng_state(),
+        # every rank's generators (they are seeded per rank); one entry without distribution
+        "rng": {"per_rank": distributed.gather_objects(rng_state())},
         "trainer": attrs.asdict(trainer.state),
         "plugins": {},
     }
@@ -130,7 +132,13 @@ def apply(trainer: Trainer, state: Mapping[str, Any]) -> None:
         "lr_schedulers": dict(state["lr_schedulers"]),
     }
     trainer.pm.hook.restore(trainer=trainer, state=state["plugins"])
-    set_rng_state(state["rng"])
+    per_rank = state["rng"]["per_rank"]
+    rank = trainer.world.rank
+    if len(per_rank) != trainer.world.size:
+        raise CheckpointError(
+            f"the checkpoint was written by {len(per_rank)} process(es); this run has {trainer.world.size}"
+        )
+    set_rng_state(per_rank[rank])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,18 +163,25 @@ def _write(path: Path, data: bytes) -> str:
 
 
 def save(trainer: Trainer) -> Path:
-    """Write a checkpoint of ``trainer`` atomically and prune old ones; return its directory."""
+    """Write a checkpoint of ``trainer`` atomically and prune old ones; return its directory.
+
+    Under torch.distributed every rank takes part (their RNG states are gathered), rank 0
+    writes, and all ranks wait until the checkpoint is in place.
+    """
     import io
 
     bad = [n for n, t in trainer.model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise TrainingFailed(f"refusing to write a checkpoint with non-finite weights ({', '.join(bad[:3])})")
     root = checkpoint_dir(trainer.out_dir)
-    root.mkdir(parents=True, exist_ok=True)
     state = collect(trainer)
+    final = root / name_for(trainer.state.step)
+    if not trainer.world.main:
+        distributed.barrier()
+        return final
+    root.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    final = root / name_for(trainer.state.step)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -191,6 +206,7 @@ def save(trainer: Trainer) -> Path:
         os.replace(tmp, final)
     _fsync_dir(root)
     prune(root, trainer.config.run.keep_checkpoints)
+    distributed.barrier()
     return final
 
 

@@ -60,13 +60,23 @@ def _add_plugin_commands(sub: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from phasetrain import config as config_mod
-    from phasetrain.loop import Trainer
+    from phasetrain import distributed
 
     cfg = config_mod.load(args.config, args.overrides)
+    try:
+        return _train(cfg, args)
+    finally:
+        distributed.shutdown()
+
+
+def _train(cfg: Any, args: argparse.Namespace) -> int:
+    from phasetrain.loop import Trainer
+
     trainer = Trainer(cfg)
     if args.resume:
         path = trainer.resume(report=lambda msg: print(f"phasetrain: {msg}", file=sys.stderr))
-        print(f"phasetrain: resuming from {path}")
+        if trainer.world.main:
+            print(f"phasetrain: resuming from {path}")
     with _graceful_stop(trainer, args):
         outcome = trainer.fit()
     return 0 if outcome.status in ("completed", "interrupted") else 1
@@ -97,7 +107,7 @@ class _graceful_stop:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-        if self.trainer.stop_requested:
+        if self.trainer.stop_requested and self.trainer.world.main:
             sets = "".join(f" --set {s}" for s in self.args.overrides)
             print(f"phasetrain: stopped at step {self.trainer.state.step}; resume with:\n"
                   f"  phasetrain run {self.args.config}{sets} --resume", flush=True)

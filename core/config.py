@@ -51,29 +51,32 @@ class FieldValueError(ValueError):
         super().__init__(message)
 
 
-def _check(test: Any, describe: str) -> Any:
+def _check(test: Any, describe: str, **allows: Any) -> Any:
     def validator(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         if value is not None and not test(value):
             raise FieldValueError(attribute.name, f"must be {describe}, got {value!r}")
 
+    # What the check lets through (``low``/``high``, inclusive unless ``low_open``, or
+    # ``choices``), so that tools can generate valid values (phasetrain.testing.strategies).
+    validator.allows = allows  # type: ignore[attr-defined]
     return validator
 
 
-positive = _check(lambda v: v > 0, "> 0")
-non_negative = _check(lambda v: v >= 0, ">= 0")
-probability = _check(lambda v: 0 <= v <= 1, "between 0 and 1")
+positive = _check(lambda v: v > 0, "> 0", low=0, low_open=True)
+non_negative = _check(lambda v: v >= 0, ">= 0", low=0)
+probability = _check(lambda v: 0 <= v <= 1, "between 0 and 1", low=0, high=1)
 
 
 def at_least(bound: float) -> Any:
-    return _check(lambda v: v >= bound, f">= {bound}")
+    return _check(lambda v: v >= bound, f">= {bound}", low=bound)
 
 
 def in_range(low: float, high: float) -> Any:
-    return _check(lambda v: low <= v <= high, f"between {low} and {high}")
+    return _check(lambda v: low <= v <= high, f"between {low} and {high}", low=low, high=high)
 
 
 def one_of(*choices: Any) -> Any:
-    return _check(lambda v: v in choices, "one of " + ", ".join(repr(c) for c in choices))
+    return _check(lambda v: v in choices, "one of " + ", ".join(repr(c) for c in choices), choices=choices)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,6 +87,15 @@ def one_of(*choices: Any) -> Any:
 def _device(_instance: Any, attribute: attrs.Attribute, value: str) -> None:
     if value not in ("auto", "cpu", "cuda") and not value.startswith("cuda:"):
         raise FieldValueError(attribute.name, f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+
+
+@attrs.define
+class DistributedConfig:
+    """torch.distributed settings, used when launched by torchrun."""
+
+    backend: str = attrs.field(default="auto", validator=one_of("auto", "gloo", "nccl"))  # auto: by device
+    timeout_s: float = attrs.field(default=300.0, validator=positive)  # a collective waits this long
+    check_every: int = attrs.field(default=0, validator=non_negative)  # >0: verify weights agree
 
 
 @attrs.define
@@ -104,6 +116,7 @@ class RunConfig:
     nonfinite: str = attrs.field(default="skip", validator=one_of("skip", "rollback", "stop"))
     nonfinite_patience: int = attrs.field(default=3, validator=positive)  # consecutive bad steps
     nonfinite_lr_factor: float = attrs.field(default=0.5, validator=in_range(1e-6, 1.0))  # rollback
+    distributed: DistributedConfig = attrs.field(factory=DistributedConfig)
 
 
 @attrs.frozen
@@ -493,6 +506,7 @@ RESUMABLE_CHANGES = (
     "run.nonfinite",
     "run.nonfinite_patience",
     "run.nonfinite_lr_factor",
+    "run.distributed",
     "observers",
 )
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from phasetrain import config as config_mod
+from phasetrain import distributed
 from phasetrain import step as step_mod
 from phasetrain.dispatch import FastHooks
 from phasetrain.guard import NonFiniteGuard
@@ -91,9 +92,11 @@ class BuildContext:
         return self.trainer.build(choice, **extra)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, world: distributed.World = distributed.SINGLE) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and world.active:
+        return torch.device("cuda", world.local_rank)
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BadInput(f"run.device: {name!r} was asked for but no CUDA device is available")
@@ -137,8 +140,10 @@ class Trainer:
         self.fast.refresh()
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
-        seed_everything(config.run.seed)
-        self.device = resolve_device(config.run.device)
+        dist_cfg = config.run.distributed
+        self.world = distributed.setup(dist_cfg.backend, dist_cfg.timeout_s, config.run.device)
+        seed_everything(config.run.seed + self.world.rank)
+        self.device = resolve_device(config.run.device, self.world)
         self.out_dir = Path(config.run.out_dir)
         self.state = TrainState()
         self.phase: Phase | None = None
@@ -155,7 +160,19 @@ class Trainer:
             self.component(kind)
         self.model: torch.nn.Module = self.task.model
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.observers = {
+        # The module the real step runs: DDP all-reduces gradients in its backward.
+        self.train_model: torch.nn.Module = self.model
+        if self.world.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+            if dist_cfg.check_every:
+                register(self.pm, distributed.ConsistencyCheck(dist_cfg.check_every), "phasetrain.consistency",
+                         "the kernel's cross-rank consistency check")
+                self.fast.refresh()
+        # Observers (logs, progress, files) run on rank 0 only.
+        self.observers = {} if not self.world.main else {
             name: self._register(
                 self._make("observer", name, observer.options), f"observer:{name}", "observer", name
             )
@@ -308,7 +325,7 @@ class Trainer:
         self._clock = (started, elapsed_before)
         hook.train_start(trainer=self)
         try:
-            while self.state.step < run.steps and not self.stop_requested:
+            while self.state.step < run.steps and not self._should_stop(metrics):
                 step = self.state.step
                 phase = schedule.phase(self)
                 if phase is not self.phase:
@@ -349,6 +366,13 @@ class Trainer:
             self.outcome = outcome
             hook.train_end(trainer=self, outcome=outcome)
         return outcome
+
+    def _should_stop(self, metrics: Mapping[str, Any]) -> bool:
+        # A signal may reach the ranks at different steps: they agree to stop at the same step.
+        # Steps marked ``predicted`` communicate nothing, so the agreement waits for a real one.
+        if self.world.active and not metrics.get("predicted"):
+            self.stop_requested = distributed.any_rank(self.stop_requested, self.device)
+        return self.stop_requested
 
     def evaluate(self) -> dict[str, Any]:
         """Evaluate the task now, fire ``eval_end``, and return the metrics."""

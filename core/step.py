@@ -18,12 +18,14 @@ weights and optimizer state are put back. The step then reports ``nonfinite = 1`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from phasetrain.distributed import mean_tensor_across_ranks, shard
 from phasetrain.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -60,11 +62,14 @@ def _finite(loss: torch.Tensor, params: list[torch.Tensor], check_grads: bool) -
 
 @hookimpl(trylast=True)
 def run_step(trainer: Trainer, step: int, phase: Phase) -> dict[str, Any]:
-    task, model, precision = trainer.task, trainer.model, trainer.precision
+    task, model, precision = trainer.task, trainer.train_model, trainer.precision
     optimizer = trainer.optimizer
     accum = trainer.config.run.grad_accum_steps
     first = trainer.state.batches
     batches = [task.batch(first + i) for i in range(accum)]
+    world = trainer.world
+    if world.active:  # every rank made the same global batch; each trains on its slice
+        batches = [shard(b, world) for b in batches]
     trainer.state.batches = first + accum
     params = trainer.trainable
     check_grads = not getattr(precision, "handles_overflow", False)
@@ -72,12 +77,15 @@ def run_step(trainer: Trainer, step: int, phase: Phase) -> dict[str, Any]:
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         total = None
-        for batch in batches:
-            with precision.autocast():
-                loss = task.loss(model, batch)
-            if accum > 1:
-                loss = loss / accum
-            precision.backward(loss)
+        for i, batch in enumerate(batches):
+            # DDP all-reduces in backward; with accumulation only the last micro-batch's does
+            sync = world.active and accum > 1 and i < accum - 1
+            with model.no_sync() if sync else contextlib.nullcontext():
+                with precision.autocast():
+                    loss = task.loss(model, batch)
+                if accum > 1:
+                    loss = loss / accum
+                precision.backward(loss)
             total = loss.detach() if total is None else total + loss.detach()
         if not _finite(total, params, check_grads):
             raise NonFiniteStep(total)
@@ -97,6 +105,8 @@ def run_step(trainer: Trainer, step: int, phase: Phase) -> dict[str, Any]:
                 for p, value in zip(params, saved[0], strict=True):
                     p.copy_(value)
             optimizer.load_state_dict(saved[1])
+    if world.active:  # report the global batch's loss, not this rank's slice
+        loss = mean_tensor_across_ranks(loss)
     scheduler = trainer.lr_scheduler
     if scheduler is not None:
         scheduler.step()

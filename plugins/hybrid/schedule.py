@@ -163,10 +163,17 @@ class Hybrid:
         return self.phases[self.controller.next_phase(trainer.state.step, self.confidence())]
 
     def probe_loss(self, trainer: Any) -> float:
-        """Forward-only loss on a fixed batch (index -1, never used for training)."""
-        task = trainer.task
+        """Forward-only loss on a fixed batch (index -1, never used for training); under
+        torch.distributed each rank scores its slice and one scalar is averaged."""
+        from phasetrain import distributed
+
+        task, world = trainer.task, trainer.world
+        batch = task.batch(-1)
+        if world.active:
+            batch = distributed.shard(batch, world)
         with torch.no_grad(), trainer.precision.autocast():
-            return float(task.loss(trainer.model, task.batch(-1)))
+            loss = float(task.loss(trainer.model, batch))
+        return distributed.mean_across_ranks(loss, trainer.device)
 
     @hookimpl
     def phase_enter(self, trainer: Any, phase: Phase, previous: Phase | None) -> None:
