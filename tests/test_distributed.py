@@ -43,6 +43,11 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
                                                  "run.distributed.check_every=10"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("== phasetrain summary") == 1  # rank 0 alone reports
+    import json
+
+    records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert steps and len(steps) == len(set(steps))  # one writer: no record twice
     two = phasetrain.load_checkpoint(tmp_path / "two")
     assert len(two["rng"]["per_rank"]) == 2
     for name, tensor in single(tmp_path).items():

@@ -206,17 +206,6 @@ def test_records_survive_a_round_trip_with_non_finite_numbers_as_null(record):
             assert back[key] == value
 
 
-def test_only_rank_zero_writes(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
-    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.distributed, "get_rank", lambda *a, **k: 1)
-    trainer = phasetrain.Trainer.from_config(
-        "regression", overrides(tmp_path, "run.steps=3", "observers.tensorboard={}"))
-    trainer.fit()
-    assert not (tmp_path / "metrics.jsonl").exists()
-    assert not (tmp_path / "tensorboard").exists()
-
-
 # ---------------------------------------------------------------------------------------------
 # TensorBoard
 # ---------------------------------------------------------------------------------------------

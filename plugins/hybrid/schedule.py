@@ -157,6 +157,16 @@ class Hybrid:
     def steps_of(self, phase: Phase) -> int:
         return self.ctx.config.run.steps
 
+    def phase_steps_left(self, trainer: Any) -> int | None:
+        """Steps left in the current phase, this one included (None while it is open-ended):
+        lets an offload strategy start restoring optimizer state during Predict's last step."""
+        c = self.controller
+        if c.phase == "predict":
+            return max(1, c.predict_steps_left(trainer.state.step))
+        if c.phase == "correct":
+            return self.options.correct_steps - c.phase_step
+        return None
+
     # -- deciding phases ---------------------------------------------------------------------
 
     def phase(self, trainer: Any) -> Phase:

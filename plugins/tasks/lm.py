@@ -176,7 +176,9 @@ class LanguageModel:
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
         logits = model(x)
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+        if logits.dtype != torch.float64:  # reduced-precision logits: the loss in float32
+            logits = logits.float()
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         total = 0.0

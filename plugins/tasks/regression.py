@@ -49,6 +49,11 @@ class Regression:
         x = torch.rand(n, o.in_dim, generator=g) * 2 - 1  # (N, in_dim)
         w1, w2 = torch.randn(2, o.in_dim, generator=g) / o.in_dim**0.5
         y = torch.sin(3 * x @ w1) + 0.5 * torch.cos(2 * x @ w2) + o.noise * torch.randn(n, generator=g)
+        # Inputs in the parameters' dtype (float64 under precision fp64); drawn in float32 first
+        # so that the data are the same values whatever the precision.
+        precision = ctx.component("precision")
+        dtype = getattr(precision, "dtype", torch.float32)
+        x, y = x.to(dtype), y.to(dtype)
         self.x_train, self.y_train = x[: o.n_train].to(device), y[: o.n_train, None].to(device)
         self.x_eval, self.y_eval = x[o.n_train :].to(device), y[o.n_train :, None].to(device)
         self.batch_size = o.batch_size or o.n_train
@@ -57,7 +62,7 @@ class Regression:
         self._epoch = -1
         self._perm = torch.empty(0, dtype=torch.long)
         model = mlp([o.in_dim] + [o.hidden] * o.depth + [1], ACTIVATIONS[o.activation])
-        self.model = ctx.component("precision").prepare(model.to(device))
+        self.model = precision.prepare(model.to(device))
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.batch_size >= self.options.n_train:
