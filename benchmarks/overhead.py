@@ -47,6 +47,7 @@ def overrides(args: argparse.Namespace, out: str) -> list[str]:
         "run.eval_every=0",
         f"run.log_every={args.log_every}",
         "run.device='cpu'",
+        "observers.jsonl.enabled=false",  # like the hand-written loop: printed progress, no file
     ]
 
 

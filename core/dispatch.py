@@ -3,9 +3,9 @@
 ``pre_step``, ``run_step`` and ``post_step`` fire every step, and on tiny models pluggy's
 general call path (argument checks, a copy of the implementation list, the multicall loop) is a
 visible share of the step. :class:`FastHooks` resolves each of them once per change of the
-registered plugins: no implementation → no call; exactly one plain implementation → a direct
-call with the arguments it asks for; anything else (several implementations, wrappers) → the
-ordinary pluggy call. The results are the same as calling through pluggy.
+registered plugins: no implementation → no call; plain implementations → direct calls in
+pluggy's order with the arguments each asks for (the first non-None result for ``run_step``);
+any hook wrapper → the ordinary pluggy call. The results are the same as calling through pluggy.
 """
 
 from __future__ import annotations
@@ -24,9 +24,14 @@ def _resolve(caller: pluggy.HookCaller) -> Callable[..., Any]:
     impls = caller.get_hookimpls()
     if not impls:
         return _noop
-    if len(impls) == 1 and not (impls[0].hookwrapper or impls[0].wrapper):
-        function, argnames = impls[0].function, tuple(impls[0].argnames)
-        firstresult = bool(caller.spec and caller.spec.opts.get("firstresult"))
+    if any(impl.hookwrapper or impl.wrapper for impl in impls):
+        return caller  # wrappers need pluggy's full protocol
+    # pluggy calls the last of get_hookimpls() first (tryfirst ... trylast order)
+    calls = [(impl.function, tuple(impl.argnames)) for impl in reversed(impls)]
+    firstresult = bool(caller.spec and caller.spec.opts.get("firstresult"))
+
+    if len(calls) == 1:
+        function, argnames = calls[0]
 
         def direct(**kwargs: Any) -> Any:
             result = function(*[kwargs[name] for name in argnames])
@@ -35,7 +40,18 @@ def _resolve(caller: pluggy.HookCaller) -> Callable[..., Any]:
             return [] if result is None else [result]
 
         return direct
-    return caller
+
+    def loop(**kwargs: Any) -> Any:
+        results = []
+        for function, argnames in calls:
+            result = function(*[kwargs[name] for name in argnames])
+            if result is not None:
+                if firstresult:
+                    return result
+                results.append(result)
+        return None if firstresult else results
+
+    return loop
 
 
 class FastHooks:

@@ -40,6 +40,9 @@ class NonFiniteStep(Exception):
         super().__init__("non-finite loss or gradient")
 
 
+_FLAGS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 def _finite(loss: torch.Tensor, params: list[torch.Tensor], check_grads: bool) -> bool:
     """True when ``loss`` (and, if asked, every gradient) is finite.
 
@@ -53,8 +56,11 @@ def _finite(loss: torch.Tensor, params: list[torch.Tensor], check_grads: bool) -
     for t in tensors:
         groups.setdefault((t.device, t.dtype), []).append(t)
     for (device, _dtype), group in groups.items():
-        found = torch.zeros(1, device=device)
-        torch._amp_foreach_non_finite_check_and_unscale_(group, found, torch.ones(1, device=device))
+        if device not in _FLAGS:
+            _FLAGS[device] = (torch.zeros(1, device=device), torch.ones(1, device=device))
+        found, one = _FLAGS[device]
+        found.zero_()
+        torch._amp_foreach_non_finite_check_and_unscale_(group, found, one)
         if found.item():
             return False
     return True
