@@ -22,6 +22,7 @@ import copy
 import hashlib
 import json
 import tomllib
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -294,14 +295,13 @@ def make_converter(registry: Registry) -> cattrs.Converter:
     return conv
 
 
-_converters: dict[int, cattrs.Converter] = {}
+_converters: weakref.WeakKeyDictionary[Registry, cattrs.Converter] = weakref.WeakKeyDictionary()
 
 
 def converter_for(registry: Registry) -> cattrs.Converter:
-    key = id(registry)
-    if key not in _converters:
-        _converters[key] = make_converter(registry)
-    return _converters[key]
+    if registry not in _converters:
+        _converters[registry] = make_converter(registry)
+    return _converters[registry]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,14 @@ class SGDOptions:
     momentum: float = attrs.field(default=0.0, validator=probability)
     dampening: float = attrs.field(default=0.0, validator=probability)
     weight_decay: float = attrs.field(default=0.0, validator=non_negative)
-    nesterov: bool = False
+    nesterov: bool = attrs.field(default=False)
+
+    @nesterov.validator
+    def _needs_momentum(self, attribute: Any, value: bool) -> None:
+        from phasetrain.config import FieldValueError
+
+        if value and (self.momentum <= 0 or self.dampening != 0):
+            raise FieldValueError(attribute.name, "needs momentum > 0 and dampening = 0")
 
 
 @attrs.define

@@ -27,7 +27,7 @@ import attrs
 import torch
 
 from phasetrain import Component, NoOptions, hookimpl
-from phasetrain.config import FieldValueError, PrecisionChoice, positive
+from phasetrain.config import FieldValueError, PrecisionChoice, positive, in_range
 from phasetrain.errors import BadInput
 
 Closure = Callable[[], torch.Tensor]
@@ -112,16 +112,12 @@ def _above_one(_instance: Any, attribute: Any, value: float) -> None:
         raise FieldValueError(attribute.name, f"must be > 1, got {value!r}")
 
 
-def _below_one(_instance: Any, attribute: Any, value: float) -> None:
-    if not 0.0 < value < 1.0:
-        raise FieldValueError(attribute.name, f"must be between 0 and 1 (exclusive), got {value!r}")
-
-
 @attrs.define
 class FP16Options:
-    init_scale: float = attrs.field(default=2.0**16, validator=positive)  # the loss scale to start from
+    # GradScaler keeps the scale in float32, so it must stay within float32's normal range.
+    init_scale: float = attrs.field(default=2.0**16, validator=in_range(2.0**-100, 2.0**100))  # the starting loss scale
     growth_factor: float = attrs.field(default=2.0, validator=_above_one)  # scale x this after growth_interval clean steps
-    backoff_factor: float = attrs.field(default=0.5, validator=_below_one)  # scale x this after an overflowing step
+    backoff_factor: float = attrs.field(default=0.5, validator=in_range(2.0**-10, 0.999))  # scale x this after an overflow
     growth_interval: int = attrs.field(default=2000, validator=positive)  # steps without overflow before growing
 
 

@@ -59,7 +59,7 @@ class Regression:
         self.batch_size = o.batch_size or o.n_train
         self.per_epoch = o.n_train // self.batch_size
         self._seed = ctx.seed
-        self._epoch = -1
+        self._epoch: int | None = None  # batch(-1) lies in epoch -1: never a valid sentinel
         self._perm = torch.empty(0, dtype=torch.long)
         model = mlp([o.in_dim] + [o.hidden] * o.depth + [1], ACTIVATIONS[o.activation])
         self.model = precision.prepare(model.to(device))

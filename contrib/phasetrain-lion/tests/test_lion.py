@@ -6,6 +6,7 @@ import torch
 
 import phasetrain
 from phasetrain.registry import load_registry
+from phasetrain.testing import check_component
 
 
 def test_lion_is_discovered_with_its_distribution():
@@ -37,3 +38,9 @@ def test_lion_state_survives_a_checkpoint(tmp_path):
     live = trainer.optimizer.state_dict()["state"]
     for key, saved in moments.items():
         assert torch.equal(saved["exp_avg"], live[key]["exp_avg"])
+
+
+def test_lion_meets_every_phasetrain_contract_for_optimizers():
+    # phasetrain's conformance kit: builds, config and checkpoint round trips, determinism, a step
+    # on a quadratic, state_dict round trips and the closure protocol, driven by hypothesis.
+    check_component("optimizer", "lion")

@@ -1,0 +1,127 @@
+"""Contracts of dynamics models (``dynamics.*``), driven through their protocol (see
+``phasetrain.plugins.hybrid.dynamics``) by drawn training trajectories
+(:func:`~phasetrain.testing.strategies.trajectories`): real steps to ``observe``, ``rebase``
+after weights moved otherwise, ``penalize`` after a rollback.
+
+- ``dynamics.predictions``: ``predict(params, lr)`` gives one finite tensor per parameter, with
+  its shape, dtype and device, at every point of the trajectory; ``predicted_loss(k)`` is a
+  finite number once a step has been observed;
+- ``dynamics.confidence``: ``confidence`` is a number in [0, 1] at every point;
+- ``dynamics.state_round_trip``: ``state_dict()`` saved the way checkpoints save it and loaded
+  into a fresh model gives the same state and the same predictions, now and after observing the
+  rest of the trajectory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from hypothesis import strategies as st
+
+from phasetrain.testing import strategies
+from phasetrain.testing.contract import contract
+from phasetrain.testing.bits import differences, through_checkpoint
+
+
+def _setup(subject: Any, data: Any) -> tuple[Any, Any, Any, list[torch.Tensor], list[strategies.TrajectoryStep]]:
+    options = data.draw(subject.options(small=True), label="options")
+    trainer = subject.context_trainer()
+    model = subject.rebuild(trainer, options)
+    params = [p.detach().clone() for p in trainer.trainable]
+    trajectory = data.draw(strategies.trajectories(params), label="trajectory")
+    return options, trainer, model, params, trajectory
+
+
+def _apply(model: Any, params: list[torch.Tensor], step: strategies.TrajectoryStep) -> None:
+    with torch.no_grad():
+        for p, d in zip(params, step.delta):
+            p.add_(d)
+    if step.event == "observe":
+        model.observe(params, step.loss, step.lr)
+    elif step.event == "rebase":
+        model.rebase(params)
+    else:
+        model.penalize(0.5)
+
+
+def _walk(model: Any, params: list[torch.Tensor], trajectory: Sequence[strategies.TrajectoryStep],
+          check: Callable[[int, strategies.TrajectoryStep], None]) -> None:
+    check(-1, trajectory[0])
+    for index, step in enumerate(trajectory):
+        _apply(model, params, step)
+        check(index, step)
+
+
+@contract("dynamics.predictions", "dynamics", examples=8)
+def predictions(subject: Any, data: Any) -> None:
+    """Predicted deltas have the parameters' shapes, dtypes and devices and are finite."""
+    _options, _trainer, model, params, trajectory = _setup(subject, data)
+    observed = 0
+
+    def check(index: int, step: strategies.TrajectoryStep) -> None:
+        nonlocal observed
+        where = "before any step" if index < 0 else f"after event {index} ({step.event})"
+        observed += index >= 0 and step.event == "observe"
+        delta = model.predict(params, step.lr)
+        if len(delta) != len(params):
+            subject.fail(f"{where}: predict gave {len(delta)} tensors for {len(params)} parameters")
+        for i, (d, p) in enumerate(zip(delta, params)):
+            if not isinstance(d, torch.Tensor):
+                subject.fail(f"{where}: predict gave a {type(d).__name__} for parameter {i}")
+            if (d.shape, d.dtype, d.device) != (p.shape, p.dtype, p.device):
+                subject.fail(f"{where}: the delta of parameter {i} is {tuple(d.shape)} {d.dtype} on {d.device}; "
+                             f"the parameter is {tuple(p.shape)} {p.dtype} on {p.device}")
+            if not bool(torch.isfinite(d).all()):
+                subject.fail(f"{where}: the delta of parameter {i} is not finite")
+        if observed:
+            for k in (1, 2, 4):
+                loss = model.predicted_loss(k)
+                if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+                    subject.fail(f"{where}: predicted_loss({k}) is {loss!r}, not a finite number")
+
+    _walk(model, params, trajectory, check)
+
+
+@contract("dynamics.confidence", "dynamics", examples=8)
+def confidence(subject: Any, data: Any) -> None:
+    """Confidence is a number in [0, 1] before, during and after a trajectory."""
+    _options, _trainer, model, params, trajectory = _setup(subject, data)
+
+    def check(index: int, step: strategies.TrajectoryStep) -> None:
+        value = model.confidence
+        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            where = "before any step" if index < 0 else f"after event {index} ({step.event})"
+            subject.fail(f"{where}: confidence is {value!r}, not a number in [0, 1]")
+
+    _walk(model, params, trajectory, check)
+
+
+@contract("dynamics.state_round_trip", "dynamics", examples=6)
+def state_round_trip(subject: Any, data: Any) -> None:
+    """state_dict -> checkpoint -> load_state_dict gives the same state and the same predictions."""
+    options, trainer, model, params, trajectory = _setup(subject, data)
+    cut = data.draw(st.integers(0, len(trajectory)), label="saved after")
+    for step in trajectory[:cut]:
+        _apply(model, params, step)
+    saved = model.state_dict()
+    fresh = subject.rebuild(trainer, options)
+    fresh.load_state_dict(through_checkpoint(saved))
+    twin = [p.clone() for p in params]
+    diff = differences(saved, fresh.state_dict(), "state_dict")
+    if diff:
+        subject.fail(f"saved after {cut} events, a fresh model that loaded the state holds another "
+                     "state:\n  " + "\n  ".join(diff))
+    lr = trajectory[min(cut, len(trajectory) - 1)].lr
+    for index in range(cut, len(trajectory) + 1):
+        diff = differences(list(model.predict(params, lr)), list(fresh.predict(twin, lr)), "predict")
+        diff += differences(model.confidence, fresh.confidence, "confidence")
+        if diff:
+            subject.fail(f"saved after {cut} events, the reloaded model predicts differently "
+                         f"{index - cut} events later:\n  " + "\n  ".join(diff))
+        if index < len(trajectory):
+            _apply(model, params, trajectory[index])
+            _apply(fresh, twin, trajectory[index])
+            lr = trajectory[index].lr

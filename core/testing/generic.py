@@ -1,0 +1,161 @@
+"""Contracts every component meets, whatever its kind (``component.*``).
+
+- ``component.builds``: the default options build, inside a real run; drawn options build or are
+  refused with a clear ``BadInput``; the built object offers what its kind promises.
+- ``component.config_round_trip``: options survive unstructure -> JSON -> structure, alone and
+  inside the whole run config (which checkpoints store), with the same config hash.
+- ``component.checkpoint_round_trip``: the state a checkpoint holds is what a resumed run holds
+  after restoring it, bit for bit, and the resumed run ends exactly where the uninterrupted one
+  does.
+- ``component.deterministic``: two runs with the same seed agree bit for bit, step by step.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from hypothesis import strategies as st
+
+from phasetrain.testing.bits import differences, tree_map
+from phasetrain.testing.contract import GENERIC, contract
+from phasetrain.testing.recorder import HookRecorder
+
+#: What the object built for a kind must offer (its protocol, as docs/writing-plugins.md lists).
+PROTOCOL: dict[str, tuple[str, ...]] = {
+    "optimizer": ("step", "zero_grad", "state_dict", "load_state_dict", "param_groups"),
+    "precision": ("prepare", "autocast", "backward", "step"),
+    "dynamics": ("observe", "rebase", "predict", "predicted_loss", "confidence", "penalize",
+                 "state_dict", "load_state_dict"),
+    "residual": ("residual", "conditions", "exact", "lower", "upper"),
+    "sampler": ("points", "update", "state_dict", "load_state_dict"),
+    "task": ("model", "batch", "loss", "evaluate"),
+    "schedule": ("phase",),
+    "lr_schedule": ("step", "state_dict", "load_state_dict"),
+}
+
+
+@contract("component.builds", GENERIC, examples=4)
+def builds(subject: Any, data: Any) -> None:
+    """The default options build in a real run; drawn ones build or raise a clear BadInput."""
+    _check_built(subject, subject.default_options(), default=True)
+    _check_built(subject, data.draw(subject.options(small=True), label="options"), default=False)
+
+
+def _check_built(subject: Any, options: Any, default: bool) -> None:
+    trainer = subject.trainer(options, default=default)
+    obj = subject.built(trainer)
+    if obj is None and subject.kind != "offload":
+        subject.fail(f"with options {options!r} the run holds no {subject.kind} (the factory returned None)")
+    if subject.kind == "optimizer":
+        import torch
+
+        if not isinstance(obj, torch.optim.Optimizer):
+            subject.fail(f"built a {type(obj).__name__}, which is not a torch.optim.Optimizer")
+    missing = [name for name in PROTOCOL.get(subject.kind, ()) if not hasattr(obj, name)]
+    if missing:
+        subject.fail(f"built a {type(obj).__name__}, which lacks {', '.join(missing)} "
+                     f"(what a {subject.kind} must offer)")
+
+
+@contract("component.config_round_trip", GENERIC, examples=25)
+def config_round_trip(subject: Any, data: Any) -> None:
+    """Options survive unstructure -> JSON -> structure, alone and inside a whole run config."""
+    from phasetrain.config import Config
+
+    options = data.draw(subject.options(), label="options")
+    unstructured = subject.unstructure(options)
+    try:
+        text = json.dumps(unstructured, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        subject.fail(f"options {options!r} unstructure to {unstructured!r}, which is not JSON: {exc}")
+    back = subject.converter.structure(json.loads(text), subject.options_class)
+    if back != options:
+        subject.fail(f"options {options!r} came back from {text} as {back!r}")
+    config = subject.config(subject.raw(options))
+    inside = _options_in(subject, config)
+    if inside != options:
+        subject.fail(f"options {options!r} came back from a run config as {inside!r}")
+    first = subject.converter.unstructure(config, Config)
+    again = subject.config(json.loads(json.dumps(first, allow_nan=False)))
+    second = subject.converter.unstructure(again, Config)
+    if first != second:
+        subject.fail(f"the run config changed on a round trip: {first!r} -> {second!r}")
+    if config.hash() != again.hash():
+        subject.fail("the run config's hash changed on a round trip")
+
+
+def _options_in(subject: Any, config: Any) -> Any:
+    if subject.kind == "observer":
+        return config.observers[subject.name].options
+    return config.section(subject.kind).options
+
+
+@contract("component.checkpoint_round_trip", GENERIC, examples=2)
+def checkpoint_round_trip(subject: Any, data: Any) -> None:
+    """Checkpoint -> restore is the identity on the whole state, and resuming changes nothing."""
+    from phasetrain import checkpoint
+
+    options = data.draw(subject.options(small=True), label="options")
+    steps = subject.settings.steps
+    half = steps // 2
+    cadence = {"checkpoint_every": half, "keep_checkpoints": steps}
+    first_dir = subject.run_dir()
+    first = subject.trainer(options, out_dir=first_dir, run=cadence)
+    subject.fit(first, options)
+    middle = checkpoint.checkpoint_dir(Path(first_dir)) / checkpoint.name_for(half)
+    saved, _meta = checkpoint.load_dir(middle)
+
+    second_dir = subject.run_dir()
+    copy_to = checkpoint.checkpoint_dir(Path(second_dir)) / middle.name
+    shutil.copytree(middle, copy_to)
+    second = subject.trainer(options, out_dir=second_dir, run=cadence)
+    second.resume(report=lambda _line: None)
+    _build_saved_optimizers(second)
+    restored = tree_map(checkpoint.collect(second), lambda t: t.cpu())  # as loaded: on the host
+    diff = differences(saved, restored, volatile=subject.settings.volatile)
+    if diff:
+        subject.fail(f"the checkpoint written at step {half} is not what a resumed run holds after "
+                     "restoring it:\n  " + "\n  ".join(diff))
+    subject.fit(second, options)
+    ended = [checkpoint.load_dir(checkpoint.checkpoint_dir(Path(d)) / checkpoint.name_for(steps))[0]
+             for d in (first_dir, second_dir)]
+    for state in ended:  # the kernel restarts the count of the current phase's steps on resume
+        state["trainer"].pop("phase_step", None)
+    diff = differences(ended[0], ended[1], volatile=subject.settings.volatile)
+    if diff:
+        subject.fail(f"a run resumed at step {half} of {steps} ends in another state than the run that "
+                     "never stopped:\n  " + "\n  ".join(diff))
+
+
+def _build_saved_optimizers(trainer: Any) -> None:
+    """Build the run's main optimizer so that its saved state goes through ``load_state_dict``
+    (it is otherwise only built when its phase starts)."""
+    from phasetrain.loop import Phase
+
+    if "main" in trainer.pending_state["optimizers"]:
+        trainer.ensure_optimizer(Phase(trainer.state.phase or "train"))
+
+
+@contract("component.deterministic", GENERIC, examples=2)
+def deterministic(subject: Any, data: Any) -> None:
+    """Two runs from the same seed give the same losses and the same final state, bit for bit."""
+    from phasetrain import checkpoint
+
+    options = data.draw(subject.options(small=True), label="options")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    runs = []
+    for _ in range(2):
+        recorder = HookRecorder()
+        trainer = subject.trainer(options, seed=seed, hooks=[recorder])
+        subject.fit(trainer, options)
+        runs.append((recorder, checkpoint.collect(trainer)))
+    (rec_a, state_a), (rec_b, state_b) = runs
+    if rec_a.events != rec_b.events:
+        subject.fail(f"two runs with seed {seed} fired different hooks: {rec_a.events} vs {rec_b.events}")
+    diff = differences(rec_a.losses, rec_b.losses, "losses")
+    diff += differences(state_a, state_b, volatile=subject.settings.volatile)
+    if diff:
+        subject.fail(f"two runs with seed {seed} differ:\n  " + "\n  ".join(diff))

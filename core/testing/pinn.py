@@ -1,0 +1,226 @@
+"""Contracts of PINN residuals (``residual.*``) and collocation samplers (``sampler.*``).
+
+A residual component builds a problem on a box domain (``lower``, ``upper``) with
+``residual(x, u)``, ``conditions()`` (each with ``sample(n, generator)`` and ``residual(x, u)``),
+``exact(x)``, ``sample_interior(n, generator)`` and ``residual_tolerance``, the bound its own
+exact solution meets (see ``phasetrain.plugins.pinn.problem_base``). A sampler component
+builds a point set over the run residual's box with ``points()``, ``update(step, residual_fn)``
+and ``state_dict()``/``load_state_dict()``; its options' ``n`` is the requested count.
+
+- ``residual.exact_solution``: ``max |residual(x, exact(x))|`` at drawn interior points is within
+  the problem's tolerance, and (with the default options) the residual does notice a perturbed
+  solution, so a residual that is zero everywhere fails;
+- ``residual.conditions``: every condition holds on the exact solution at its own points;
+- ``residual.domain_sampler``: points from ``sample_interior`` and from every condition's
+  sampler lie in the box, have the requested shape and are reproducible from the generator;
+- ``sampler.inside_domain``: the points lie in the box, before and after every update;
+- ``sampler.count``: a fresh sampler holds the requested ``n`` points, and never fewer;
+- ``sampler.reproducible``: the same seed gives the same points through the same updates, and
+  a sampler restored from its (checkpointed) state continues exactly like the original.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from hypothesis import strategies as st
+
+from phasetrain.testing import strategies
+from phasetrain.testing.bits import differences, through_checkpoint
+from phasetrain.testing.contract import contract
+
+#: Tolerance for a problem that does not state its own ``residual_tolerance``.
+DEFAULT_TOLERANCE = 1e-6
+#: A perturbed solution must leave a residual this many times the tolerance somewhere.
+SENSITIVITY = 100.0
+
+# ---------------------------------------------------------------------------------------------
+# Residuals
+# ---------------------------------------------------------------------------------------------
+
+
+def _problem(subject: Any, data: Any) -> tuple[Any, Any]:
+    options = data.draw(subject.options(), label="options")
+    return options, subject.rebuild(subject.context_trainer(), options)
+
+
+def _box(problem: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.tensor([float(v) for v in problem.lower], dtype=torch.float64),
+            torch.tensor([float(v) for v in problem.upper], dtype=torch.float64))
+
+
+def _tolerance(problem: Any) -> float:
+    return float(getattr(problem, "residual_tolerance", DEFAULT_TOLERANCE))
+
+
+def _worst(r: torch.Tensor, x: torch.Tensor) -> tuple[float, list[float]]:
+    per_point = r.detach().reshape(r.shape[0], -1).abs().amax(dim=1)
+    index = int(torch.nan_to_num(per_point, nan=float("inf")).argmax())
+    return float(per_point[index]), [round(float(v), 6) for v in x[index].detach()]
+
+
+def _outside(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> list[float] | None:
+    bad = ~((x >= lower) & (x <= upper)).all(dim=1) | ~torch.isfinite(x).all(dim=1)
+    return [float(v) for v in x[bad][0]] if bool(bad.any()) else None
+
+
+def _has_exact(subject: Any) -> str | None:
+    problem = subject.context_trainer().component("residual")
+    lower, upper = _box(problem)
+    try:
+        problem.exact(((lower + upper) / 2)[None])
+    except NotImplementedError:
+        return f"{type(problem).__name__} has no exact solution to check against"
+    return None
+
+
+@contract("residual.exact_solution", "residual", examples=10, applies=_has_exact)
+def exact_solution(subject: Any, data: Any) -> None:
+    """The residual of the exact solution is ~0 (the problem's tolerance) at interior points."""
+    options, problem = _problem(subject, data)
+    lower, upper = _box(problem)
+    x = data.draw(strategies.points_in_box(lower.tolist(), upper.tolist()), label="points").requires_grad_(True)
+    r = problem.residual(x, problem.exact(x))
+    if r.shape[0] != x.shape[0]:
+        subject.fail(f"residual gave {tuple(r.shape)} for {x.shape[0]} points")
+    tolerance = _tolerance(problem)
+    worst, where = _worst(r, x)
+    if not worst <= tolerance:
+        subject.fail(f"with options {options!r}, |residual(x, exact(x))| = {worst:.3g} at x = {where} "
+                     f"exceeds the problem's tolerance {tolerance:.3g}")
+    if options != subject.default_options():
+        return  # drawn coefficients may make the PDE degenerate (no stiffness, no mass)
+    probe = lower + (upper - lower) * (0.05 + 0.9 * torch.rand(64, len(lower), dtype=torch.float64,
+                                                                  generator=torch.Generator().manual_seed(0)))
+    probe.requires_grad_(True)
+    bump = 0.05 * torch.sin(1.3 * probe.sum(dim=1, keepdim=True) + 0.4) * (1 + probe[:, :1] ** 2)
+    perturbed = problem.residual(probe, problem.exact(probe) + bump)
+    if not float(perturbed.detach().abs().max()) > SENSITIVITY * tolerance:
+        subject.fail(f"with options {options!r}, the residual of a visibly perturbed solution stays within "
+                     f"{SENSITIVITY:g} x the tolerance: it does not measure the PDE")
+
+
+@contract("residual.conditions", "residual", examples=6, applies=_has_exact)
+def conditions(subject: Any, data: Any) -> None:
+    """Every initial/boundary condition holds on the exact solution at its own points."""
+    options, problem = _problem(subject, data)
+    n = data.draw(st.integers(1, 32), label="points per condition")
+    seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
+    tolerance = _tolerance(problem)
+    for condition in problem.conditions():
+        x = condition.sample(n, torch.Generator().manual_seed(seed)).detach().clone().requires_grad_(True)
+        r = condition.residual(x, problem.exact(x))
+        worst, where = _worst(r, x)
+        if not worst <= tolerance:
+            subject.fail(f"with options {options!r}, condition {condition.name!r} is off by {worst:.3g} on the "
+                         f"exact solution at x = {where} (tolerance {tolerance:.3g})")
+
+
+def _has_domain_sampler(subject: Any) -> str | None:
+    problem = subject.context_trainer().component("residual")
+    if not hasattr(problem, "sample_interior"):
+        return f"{type(problem).__name__} has no sample_interior(n, generator)"
+    return None
+
+
+@contract("residual.domain_sampler", "residual", examples=6, applies=_has_domain_sampler)
+def domain_sampler(subject: Any, data: Any) -> None:
+    """Points from the problem's samplers lie in its box, in the requested shape, reproducibly."""
+    options, problem = _problem(subject, data)
+    lower, upper = _box(problem)
+    n = data.draw(st.integers(0, 64), label="points")
+    seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
+    samplers = [("sample_interior", problem.sample_interior)]
+    samplers += [(f"condition {c.name!r}", c.sample) for c in problem.conditions()]
+    for what, sample in samplers:
+        x = sample(n, torch.Generator().manual_seed(seed))
+        if tuple(x.shape) != (n, len(lower)):
+            subject.fail(f"{what} gave points of shape {tuple(x.shape)} for n = {n} in {len(lower)} dimensions")
+        point = _outside(x.detach().to(torch.float64), lower, upper)
+        if point is not None:
+            subject.fail(f"with options {options!r}, {what} gave the point {point}, outside the box "
+                         f"{lower.tolist()}..{upper.tolist()}")
+        again = sample(n, torch.Generator().manual_seed(seed))
+        if not torch.equal(x, again):
+            subject.fail(f"{what} gave other points from a generator with the same seed")
+
+
+# ---------------------------------------------------------------------------------------------
+# Samplers
+# ---------------------------------------------------------------------------------------------
+
+
+def _sampler_setup(subject: Any, data: Any) -> tuple[Any, Any, Any, Any, list[int]]:
+    """Options (a drawn small ``n`` unless fixed), the context, the run's problem, a synthetic
+    residual field and the steps at which to call ``update``."""
+    options = data.draw(subject.options(small=True), label="options")
+    trainer = subject.context_trainer()
+    problem = trainer.component("residual")
+    field = data.draw(strategies.residual_fields(len(problem.lower)), label="residual field")
+    steps = list(range(data.draw(st.integers(0, 16), label="steps")))
+    return options, trainer, problem, field, steps
+
+
+@contract("sampler.inside_domain", "sampler", examples=15)
+def inside_domain(subject: Any, data: Any) -> None:
+    """Points lie in the residual's box, initially and after every update."""
+    options, trainer, problem, field, steps = _sampler_setup(subject, data)
+    sampler = subject.rebuild(trainer, options)
+    lower, upper = _box(problem)
+    for step in [None, *steps]:
+        if step is not None:
+            sampler.update(step, field)
+        points = sampler.points()
+        where = "initially" if step is None else f"after update({step})"
+        if points.dim() != 2 or points.shape[1] != len(lower):
+            subject.fail(f"{where}: points have shape {tuple(points.shape)}; expected (M, {len(lower)})")
+        point = _outside(points.detach().to(torch.float64), lower, upper)
+        if point is not None:
+            subject.fail(f"with options {options!r}, {where} the point {point} lies outside the box "
+                         f"{lower.tolist()}..{upper.tolist()}")
+
+
+def _has_count(subject: Any) -> str | None:
+    if not hasattr(subject.default_options(), "n"):
+        return "its options have no 'n', so no count was requested"
+    return None
+
+
+@contract("sampler.count", "sampler", examples=15, applies=_has_count)
+def count(subject: Any, data: Any) -> None:
+    """A fresh sampler holds the requested n points; updates never leave fewer."""
+    options, trainer, _problem_, field, steps = _sampler_setup(subject, data)
+    sampler = subject.rebuild(trainer, options)
+    got = sampler.points().shape[0]
+    if got != options.n:
+        subject.fail(f"asked for n = {options.n} points, holds {got}")
+    for step in steps:
+        sampler.update(step, field)
+        got = sampler.points().shape[0]
+        if got < options.n:
+            subject.fail(f"asked for n = {options.n} points, holds {got} after update({step})")
+
+
+@contract("sampler.reproducible", "sampler", examples=10)
+def reproducible(subject: Any, data: Any) -> None:
+    """Same seed -> same points through the same updates; a restored sampler continues identically."""
+    options, trainer, _problem_, field, steps = _sampler_setup(subject, data)
+    first, second = subject.rebuild(trainer, options), subject.rebuild(trainer, options)
+    cut = data.draw(st.integers(0, len(steps)), label="saved after")
+    restored = None
+    for index in range(len(steps) + 1):
+        if index == cut:
+            restored = subject.rebuild(trainer, options)
+            restored.load_state_dict(through_checkpoint(first.state_dict()))
+        followers = [("a sampler built with the same seed", second)]
+        if restored is not None:
+            followers.append((f"a sampler restored from the state after {cut} updates", restored))
+        for what, other in followers:
+            diff = differences(first.points(), other.points(), "points")
+            if diff:
+                subject.fail(f"with options {options!r}, {what} holds other points after {index} updates: "
+                             + "; ".join(diff))
+        if index < len(steps):
+            for sampler in (first, second, *([restored] if restored is not None else [])):
+                sampler.update(steps[index], field)
