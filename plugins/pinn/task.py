@@ -1,0 +1,292 @@
+"""The ``pinn`` task: a physics-informed MLP trained on a ``[residual]`` with a ``[sampler]``.
+
+The loss is a weighted sum of mean squared residuals, one term for the PDE on the sampler's
+collocation points and one per initial/boundary condition on points drawn once from the run
+seed::
+
+    loss = w_pde * mean_i |r(x_i)|^2 + sum_c w_c * mean_j |r_c(x_j)|^2
+
+(``|.|^2`` sums over residual components). Evaluation reports the same composite loss on the
+current points (``eval_loss``) and the relative L2 error against the problem's exact solution
+on a fixed tensor-product grid (``rel_l2``, plus ``rel_l2_<output>`` for several outputs).
+
+Memory is bounded by chunking:
+
+* training: with ``run.grad_accum_steps = K`` each step's loss is split into K micro-batches
+  (contiguous slices of every point set), each back-propagated on its own by the kernel's step,
+  so the autograd graph holds one K-th of the points. Every slice's squared residuals are
+  divided by the size of the *whole* set, so the accumulated gradient is exactly the full-batch
+  gradient, also for L-BFGS, whose closure replays the same K slices;
+* evaluation and adaptive-sampler updates: residuals in chunks of ``residual_chunk`` points,
+  forward passes on the test grid in chunks of ``eval_chunk`` points.
+
+The task takes part in the run's hooks: ``pre_step`` lets the sampler update its points
+(adaptive samplers get the residual magnitudes of their candidates), ``post_step`` adds the
+per-term mean squared residuals to the step's metrics, and ``checkpoint``/``restore`` carry the
+sampler's state (its points, generator and counters) under ``"pinn_sampler"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, MutableMapping
+from typing import Any, NamedTuple
+
+import attrs
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from phasetrain import hookimpl
+from phasetrain.config import FieldValueError, non_negative, one_of, positive
+from phasetrain.errors import BadInput, ConfigError
+
+from .network import ACTIVATIONS, PINNNet
+from .problem_base import relative_l2, test_grid
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _weights_valid(_instance: Any, attribute: attrs.Attribute, value: Mapping[str, float]) -> None:
+    for name, weight in value.items():
+        if not weight >= 0:
+            raise FieldValueError(f"{attribute.name}.{name}", f"must be >= 0, got {weight!r}")
+
+
+def _grid_valid(_instance: Any, attribute: attrs.Attribute, value: list[int]) -> None:
+    if any(k < 2 for k in value):
+        raise FieldValueError(attribute.name, f"needs at least 2 points per dimension, got {value!r}")
+
+
+@attrs.define
+class PINNOptions:
+    """Options of the ``pinn`` task; the PDE is the run's ``[residual]``, the points its ``[sampler]``."""
+
+    hidden: int = attrs.field(default=20, validator=positive)  # width of each hidden layer
+    depth: int = attrs.field(default=8, validator=positive)  # hidden layers
+    activation: str = attrs.field(default="tanh", validator=one_of(*ACTIVATIONS))
+    n_initial: int = attrs.field(default=256, validator=non_negative)  # per condition named initial*
+    n_boundary: int = attrs.field(default=256, validator=non_negative)  # per other condition
+    # Loss weight per term: "pde" and the problem's condition names; a term not listed weighs 1.
+    weights: dict[str, float] = attrs.field(factory=dict, validator=_weights_valid)
+    eval_grid: list[int] = attrs.field(factory=list, validator=_grid_valid)  # []: the problem's own
+    eval_chunk: int = attrs.field(default=65_536, validator=positive)  # grid points per forward
+    residual_chunk: int = attrs.field(default=8_192, validator=positive)  # points per residual pass
+    dtype: str = attrs.field(default="float32", validator=one_of(*DTYPES))  # model and points
+
+
+def derive_seed(seed: int, salt: str) -> int:
+    """A 63-bit seed from the run seed and a purpose, so separate streams never coincide."""
+    digest = hashlib.sha256(f"{seed}:{salt}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class PINNBatch(NamedTuple):
+    """One micro-batch: a slice of the collocation points and of every condition's points."""
+
+    pde: Tensor  # (n, d)
+    conditions: tuple[Tensor, ...]  # one (n_c, d) slice per condition
+    first: bool  # the first micro-batch of a step: per-term metrics restart
+
+
+class PINN:
+    """Model, points, loss and evaluation of a PINN (see the module docstring)."""
+
+    def __init__(self, options: PINNOptions, ctx: Any):
+        self.options = o = options
+        self.problem = problem = _required(ctx, "residual", 'use = "burgers"')
+        self.sampler = _required(ctx, "sampler", 'use = "sobol"\nn = 10000')
+        self.conditions = list(problem.conditions())
+        self.names = ["pde", *(c.name for c in self.conditions)]
+        unknown = sorted(set(o.weights) - set(self.names))
+        if unknown:
+            raise ConfigError(
+                ctx.config.source, f"task.weights.{unknown[0]}",
+                f"unknown loss term for {problem.name!r} (terms: {', '.join(self.names)})",
+            )
+        self.weights = [float(o.weights.get(name, 1.0)) for name in self.names]
+        if len(o.eval_grid) not in (0, 1, problem.input_dim):
+            raise ConfigError(
+                ctx.config.source, "task.eval_grid",
+                f"give one size, or one per input of {problem.name!r} ({', '.join(problem.input_names)}); "
+                f"got {o.eval_grid!r}",
+            )
+        self.device = ctx.device
+        model = PINNNet(problem.lower, problem.upper, problem.output_dim, o.hidden, o.depth, o.activation)
+        model = model.to(device=self.device, dtype=DTYPES[o.dtype])
+        self.model: nn.Module = ctx.component("precision").prepare(model)
+        # A precision policy may cast the model; points follow whatever dtype it ends up with.
+        self.dtype = next(self.model.parameters()).dtype
+        self.chunks = ctx.config.run.grad_accum_steps
+        g = torch.Generator().manual_seed(derive_seed(ctx.seed, "pinn-conditions"))
+        self.condition_points = [
+            self._place(c.sample(o.n_initial if c.name.startswith("initial") else o.n_boundary, g))
+            for c in self.conditions
+        ]
+        self.points = self._place(self.sampler.points())
+        self._grid: Tensor | None = None  # the test grid and the exact solution on it, on demand
+        self._exact: Tensor | None = None
+        self._terms: dict[str, Tensor] = {}  # last step's mean squared residual per term
+
+    def _place(self, points: Tensor) -> Tensor:
+        return points.to(device=self.device, dtype=self.dtype)
+
+    # -- training ---------------------------------------------------------------------------------
+
+    def batch(self, index: int) -> PINNBatch:
+        part = index % self.chunks
+        if self.chunks == 1:
+            return PINNBatch(self.points, tuple(self.condition_points), True)
+        return PINNBatch(
+            torch.tensor_split(self.points, self.chunks)[part],
+            tuple(torch.tensor_split(p, self.chunks)[part] for p in self.condition_points),
+            part == 0,
+        )
+
+    def loss(self, model: nn.Module, batch: PINNBatch) -> Tensor:
+        """Weighted sum of the terms' squared residuals over this slice, per whole-set point."""
+        sets = [self.points, *self.condition_points]
+        residuals = [self.problem.residual, *(c.residual for c in self.conditions)]
+        total: Tensor | None = None
+        pde, conditions, first = batch
+        for name, weight, points, whole, residual in zip(
+            self.names, self.weights, (pde, *conditions), sets, residuals, strict=True
+        ):
+            if points.shape[0] == 0 or weight == 0.0:
+                continue
+            x = points.detach().requires_grad_(True)  # a fresh leaf: derivatives need it
+            # Sum over the slice / size of the whole set; times K because the kernel divides
+            # each of the K micro-batch losses by K.
+            mse = residual(x, model(x)).square().sum() * (self.chunks / whole.shape[0])
+            value = mse.detach() / self.chunks
+            self._terms[name] = value if first or name not in self._terms else self._terms[name] + value
+            term = mse if weight == 1.0 else weight * mse
+            total = term if total is None else total + term
+        if total is None:
+            raise BadInput("the pinn task has no points to train on (sampler n and condition points are 0)")
+        return total
+
+    # -- evaluation -------------------------------------------------------------------------------
+
+    def residual_magnitudes(self, model: nn.Module, points: Tensor) -> Tensor:
+        """``|r(x)|`` (M,) float64 on CPU for points (M, d), in chunks, without parameter grads kept.
+
+        Autograd is on (derivatives need it) but nothing is back-propagated to the model.
+        """
+        out = []
+        with torch.enable_grad():
+            for chunk in points.split(self.options.residual_chunk):
+                x = self._place(chunk).requires_grad_(True)
+                r = self.problem.residual(x, model(x)).detach()
+                out.append(r.reshape(r.shape[0], -1).norm(dim=1).to("cpu", torch.float64))
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+    def _mean_squares(self, model: nn.Module) -> dict[str, float]:
+        """Mean squared residual of every term over its whole point set, chunked."""
+        out = {}
+        with torch.enable_grad():
+            for name, points, residual in zip(
+                self.names, [self.points, *self.condition_points],
+                [self.problem.residual, *(c.residual for c in self.conditions)], strict=True,
+            ):
+                total = 0.0
+                for chunk in points.split(self.options.residual_chunk):
+                    x = chunk.detach().requires_grad_(True)
+                    total += float(residual(x, model(x)).detach().double().square().sum())
+                out[name] = total / max(1, points.shape[0])
+        return out
+
+    def grid(self) -> tuple[Tensor, Tensor]:
+        """The fixed test grid (M, d) and the exact solution on it (M, n_out), float64 on CPU."""
+        if self._grid is None:
+            size = self.options.eval_grid or None
+            if size is not None and len(size) == 1:
+                size = size[0]
+            try:
+                self._grid = test_grid(self.problem, size)
+            except ValueError as exc:
+                raise BadInput(f"task.eval_grid: {exc}") from None
+            with torch.no_grad():
+                self._exact = self.problem.exact(self._grid).reshape(self._grid.shape[0], -1)
+        return self._grid, self._exact
+
+    def predict(self, model: nn.Module, points: Tensor) -> Tensor:
+        """``model(points)`` (M, n_out) float64 on CPU, in chunks of ``eval_chunk``, no autograd."""
+        with torch.no_grad():
+            parts = [model(self._place(c)).to("cpu", torch.float64) for c in points.split(self.options.eval_chunk)]
+        return torch.cat(parts)
+
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        mse = self._mean_squares(model)
+        results: dict[str, Any] = {"eval_loss": sum(w * mse[n] for n, w in zip(self.names, self.weights, strict=True))}
+        try:
+            grid, exact = self.grid()
+        except NotImplementedError:  # a residual plugin without an exact or reference solution
+            grid = None
+        if grid is not None:
+            pred = self.predict(model, grid)
+            results["rel_l2"] = relative_l2(pred, exact)
+            if pred.shape[1] > 1:
+                for i, name in enumerate(self.problem.output_names):
+                    results[f"rel_l2_{name}"] = relative_l2(pred[:, i], exact[:, i])
+        results.update({f"mse_{name}": value for name, value in mse.items()})
+        results["points"] = self.points.shape[0]
+        return results
+
+    def images(self, model: nn.Module) -> dict[str, np.ndarray]:
+        """Prediction, exact solution and absolute error per output as RGB images (H, W, 3) uint8.
+
+        For two inputs the whole test grid is shown; for three, the slice at the last input's
+        upper bound (the final time of a space-time problem). Other problems give no images.
+        """
+        from .images import field_images
+
+        grid, exact = self.grid()
+        return field_images(self.problem, grid, self.predict(model, grid), exact, self._grid_shape())
+
+    def _grid_shape(self) -> tuple[int, ...]:
+        size = self.options.eval_grid or list(self.problem.default_grid)
+        return tuple(size * self.problem.input_dim if len(size) == 1 else size)
+
+    def export_model(self, model: nn.Module) -> nn.Module:
+        """The model as saved: it already maps raw coordinates to the solution."""
+        return model
+
+    # -- hooks --------------------------------------------------------------------------------------
+
+    @hookimpl
+    def pre_step(self, trainer: Any, step: int) -> None:
+        model = trainer.model
+        if self.sampler.update(step, lambda pool: self.residual_magnitudes(model, pool)):
+            self.points = self._place(self.sampler.points())
+
+    @hookimpl
+    def post_step(self, metrics: MutableMapping[str, Any]) -> None:
+        for name, value in self._terms.items():
+            metrics[f"mse_{name}"] = value
+
+    @hookimpl
+    def checkpoint(self, state: MutableMapping[str, Any]) -> None:
+        state["pinn_sampler"] = self.sampler.state_dict()
+
+    @hookimpl
+    def restore(self, state: Mapping[str, Any]) -> None:
+        if "pinn_sampler" in state:
+            try:
+                self.sampler.load_state_dict(dict(state["pinn_sampler"]))
+            except ValueError as exc:
+                raise BadInput(f"cannot restore the sampler's points: {exc}") from None
+            self.points = self._place(self.sampler.points())
+
+
+def _required(ctx: Any, kind: str, example: str) -> Any:
+    """The run's component of ``kind``; a clear error naming the missing section otherwise."""
+    component = ctx.component(kind)
+    if component is None:
+        names = ", ".join(ctx.trainer.registry.names(kind)) or "none installed"
+        raise ConfigError(
+            ctx.config.source, kind,
+            f"the pinn task needs a [{kind}] section, e.g. [{kind}] {example.replace(chr(10), ' ')} "
+            f"(available: {names})",
+        )
+    return component
