@@ -26,7 +26,6 @@ import attrs
 import torch
 from torch import nn
 
-from phasetrain import hookimpl
 from phasetrain.config import at_least, positive
 from phasetrain.plugins.hybrid.dynamics import LinearDynamics, LinearOptions
 
@@ -204,12 +203,3 @@ class RSSMDynamics(LinearDynamics):
         self.err_rssm, self.err_base, self.scored = r["err_rssm"], r["err_base"], r["scored"]
         self.real_seen, self._prev_loss = r["real_seen"], r["prev_loss"]
         self._rollout = None
-
-    @hookimpl
-    def checkpoint(self, state: dict[str, Any]) -> None:
-        state["dynamics"] = self.state_dict()
-
-    @hookimpl
-    def restore(self, state: dict[str, Any]) -> None:
-        if "dynamics" in state:
-            self.load_state_dict(state["dynamics"])
