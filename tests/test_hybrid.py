@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import phasetrain
 from phasetrain import Component, hookimpl
 from phasetrain.plugins.hybrid.schedule import HybridController, HybridOptions
+from phasetrain.plugins.tasks.regression import Regression, RegressionOptions
 from phasetrain.registry import plugin
 
 # -- the rules, on synthetic sequences ------------------------------------------------------------
@@ -256,3 +257,98 @@ def test_rssm_is_not_trusted_before_it_beats_linear_on_held_out_steps(quiet):
     assert model.trusted and model.confidence == model.score
     model.err_rssm = 3.0
     assert not model.trusted
+
+
+# -- overshoot: back to the best checked point ----------------------------------------------------
+
+
+class Bowl(Regression):
+    """loss = sum over all weights of (w - 0.5)^2, whatever the batch: a known line profile."""
+
+    def loss(self, model, batch):
+        return sum(((p - 0.5) ** 2).sum() for p in model.parameters())
+
+
+class Overshoot:
+    """Walks in steps of 0.3 x (0.5 - weights at stretch entry): along that line the loss is
+    (1 - 0.3 k)^2 times the entry loss, lowest at k = 3 and rising after."""
+
+    confidence = 1.0
+
+    def __init__(self, options, ctx):
+        self.delta = None
+
+    def observe(self, params, loss, lr):
+        pass
+
+    def rebase(self, params):
+        self.delta = None
+
+    def predict(self, params, lr):
+        if self.delta is None:
+            self.delta = [0.3 * (0.5 - p.detach()) for p in params]
+        return [d.clone() for d in self.delta]
+
+    def predicted_loss(self, k):
+        return 0.0
+
+    def penalize(self, factor):
+        pass
+
+
+class BowlProvider:
+    @hookimpl
+    def phasetrain_components(self):
+        return [Component("task", "bowl", Bowl, RegressionOptions),
+                Component("dynamics", "overshoot", Overshoot, WildOptions)]
+
+
+class StretchWatch:
+    """Weights after every predicted step of the first stretch, and at the following Correct."""
+
+    def __init__(self):
+        self.predicted = []
+        self.at_correct = None
+
+    @hookimpl(trylast=True)
+    def post_step(self, trainer, step, metrics):
+        if metrics.get("predicted") and self.at_correct is None:
+            self.predicted.append([p.detach().clone() for p in trainer.trainable])
+
+    @hookimpl(trylast=True)
+    def phase_enter(self, trainer, phase, previous):
+        if phase.name == "correct" and self.at_correct is None:
+            self.at_correct = [p.detach().clone() for p in trainer.trainable]
+
+
+def test_an_overshooting_stretch_returns_to_its_best_checked_point(quiet):
+    watch = StretchWatch()
+    trainer = hybrid(quiet, "task.use='bowl'", "dynamics={use='overshoot'}", "schedule.loss_check_every=1",
+                     "schedule.initial_predict_steps=8", "schedule.max_predict_steps=8",
+                     plugins=[plugin(BowlProvider(), "bowl", "bowl-dist"), watch])
+    trainer.fit()
+    assert len(watch.predicted) == 4  # k = 4 rose above k = 3 by more than abort_tolerance
+    assert trainer.schedule.returns >= 1 and trainer.schedule.rollbacks == 0
+    for a, b in zip(watch.at_correct, watch.predicted[2], strict=True):  # k = 3, bit for bit
+        assert torch.equal(a, b)
+
+
+# -- PINNs: the loss checks need input derivatives -------------------------------------------------
+
+
+def test_hybrid_trains_a_pinn_without_backward_in_predict(quiet):
+    counter = BackwardCounter()
+    trainer = phasetrain.Trainer.from_config(
+        "burgers",
+        [*quiet, "run.steps=40", "run.eval_every=0", "sampler.n=128", "task.n_initial=32", "task.n_boundary=32",
+         "task.hidden=8", "task.depth=2", "task.eval_grid=[16]", "schedule={use='hybrid', warmup_steps=5, "
+         "min_full_steps=2, confidence_threshold=0.0, initial_predict_steps=4, correct_steps=3, "
+         "loss_check_every=2}", "dynamics={use='linear', window=2}"],
+        plugins=[counter],
+    )
+    outcome = trainer.fit()
+    assert trainer.schedule.predicted_steps > 0
+    assert counter.by_phase.get("predict", 0) == 0 and counter.by_phase.get("full", 0) > 0
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in trainer.model.parameters())
+    assert all(p.requires_grad for p in trainer.model.parameters())  # the loss checks gave them back
+    assert outcome.eval["eval_loss"] == outcome.eval["eval_loss"]  # finite, not NaN

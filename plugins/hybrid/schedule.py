@@ -8,14 +8,18 @@ sequences):
    seen. After at least ``min_full_steps`` here, and when ``confidence >= confidence_threshold``,
    go to ``predict`` (only if the run has room for the predicted stretch and a correction).
 3. ``predict``: predicted updates, no backward pass, no optimizer step, no data loading. Every
-   ``loss_check_every`` steps a forward-only loss on a fixed probe batch; if it rose more than
-   ``abort_tolerance`` (relative) above the loss at Predict entry, leave early. At most ``budget``
-   steps; the budget starts at ``initial_predict_steps``, grows by half after a clean stretch and
-   halves after an abort or a rollback, within [1, ``max_predict_steps``].
-4. ``correct``: on entry, the probe loss is compared with the one at Predict entry; worse by more
-   than ``rollback_tolerance`` (relative) -> the weights go back to the snapshot taken at Predict
-   entry and the dynamics model's confidence is cut. Then ``correct_steps`` real steps, which the
-   dynamics model observes, after which ``predict`` again if confident, else ``full``.
+   ``loss_check_every`` steps a forward-only loss on a fixed probe batch; the weights with the
+   lowest checked loss so far are kept aside, and a rise of more than ``abort_tolerance``
+   (relative) above that lowest loss ends the stretch early. At most ``budget`` steps; the budget
+   starts at ``initial_predict_steps``, grows by half after a clean stretch and halves after an
+   abort or a rollback, within [1, ``max_predict_steps``].
+4. ``correct``: on entry the probe loss is measured once more. If a loss check inside the
+   stretch was lower than both this loss and the loss at Predict entry, the weights return to
+   that checked point (the stretch overshot: a line search along the predicted trajectory).
+   Otherwise, worse than at Predict entry by more than ``rollback_tolerance`` (relative) -> the
+   weights go back to the snapshot taken at Predict entry and the dynamics model's confidence is
+   cut. Then ``correct_steps`` real steps, which the dynamics model observes, after which
+   ``predict`` again if confident, else ``full``.
 
 The optimizer's moment buffers are left untouched during Predict (no optimizer step runs): after
 a stretch of predicted steps, Adam continues from the moments of the last real step. They
@@ -48,7 +52,7 @@ class HybridOptions:
     loss_check_every: int = attrs.field(default=4, validator=positive)
     abort_tolerance: float = attrs.field(default=0.05, validator=non_negative)
     correct_steps: int = attrs.field(default=8, validator=positive)
-    rollback_tolerance: float = attrs.field(default=0.02, validator=non_negative)
+    rollback_tolerance: float = attrs.field(default=0.0, validator=non_negative)
     rollback_penalty: float = attrs.field(default=0.5, validator=at_least(0.0))  # confidence x this
     force_confidence: float = -1.0  # >= 0: use this instead of the dynamics model's (for tests)
 
@@ -109,7 +113,8 @@ class HybridController:
         return max(0, min(self.budget - self.phase_step, self.total_steps - step - self.options.correct_steps))
 
     def check(self, loss: float, reference: float) -> None:
-        """A forward-only loss check during Predict."""
+        """A forward-only loss check during Predict; ``reference`` is the lowest loss of the
+        stretch so far (at first, the loss at Predict entry)."""
         if not math.isfinite(loss) or loss - reference > self.options.abort_tolerance * abs(reference):
             self.aborted = True
 
@@ -136,8 +141,12 @@ class Hybrid:
         self.predicted_steps = 0
         self.rollbacks = 0
         self.aborts = 0
+        self.returns = 0  # stretches cut back to their best checked point
         self.reference = float("nan")  # probe loss at Predict entry
         self.snapshot: list[torch.Tensor] | None = None
+        self.best_loss = float("nan")  # lowest probe loss of the current stretch
+        self.best: list[torch.Tensor] | None = None  # the weights that had it (None: the snapshot)
+        self.end_loss: float | None = None  # probe loss after the last predicted step, if checked
         self._dynamics = None
         if ctx.config.dynamics is None:
             from phasetrain.errors import BadInput
@@ -174,15 +183,22 @@ class Hybrid:
 
     def probe_loss(self, trainer: Any) -> float:
         """Forward-only loss on a fixed batch (index -1, never used for training); under
-        torch.distributed each rank scores its slice and one scalar is averaged."""
+        torch.distributed each rank scores its slice and one scalar is averaged. A task whose
+        loss needs autograd without a backward pass (PINN residuals) provides
+        ``forward_loss(model, batch)``; others are scored under ``torch.no_grad()``."""
         from phasetrain import distributed
 
         task, world = trainer.task, trainer.world
         batch = task.batch(-1)
         if world.active:
             batch = distributed.shard(batch, world)
-        with torch.no_grad(), trainer.precision.autocast():
-            loss = float(task.loss(trainer.model, batch))
+        forward_loss = getattr(task, "forward_loss", None)
+        with trainer.precision.autocast():
+            if forward_loss is not None:  # e.g. PINNs: input derivatives need autograd
+                loss = float(forward_loss(trainer.model, batch))
+            else:
+                with torch.no_grad():
+                    loss = float(task.loss(trainer.model, batch))
         return distributed.mean_across_ranks(loss, trainer.device)
 
     @hookimpl
@@ -191,16 +207,23 @@ class Hybrid:
             if previous is None and self.snapshot is not None:
                 return  # resumed inside a predicted stretch: its snapshot was restored
             self.snapshot = [p.detach().clone() for p in trainer.trainable]
-            self.reference = self.probe_loss(trainer)
+            self.reference = self.best_loss = self.probe_loss(trainer)
+            self.best = None
         elif phase.name == "correct" and previous is not None and previous.name == "predict":
             if self.controller.aborted:
                 self.aborts += 1
-            if self.controller.judged(self.probe_loss(trainer), self.reference):
+            loss = self.probe_loss(trainer) if self.end_loss is None else self.end_loss
+            if self.best is not None and not loss <= self.best_loss:  # overshot: back to the best check
+                with torch.no_grad():
+                    torch._foreach_copy_(trainer.trainable, self.best)
+                loss = self.best_loss
+                self.returns += 1
+            if self.controller.judged(loss, self.reference):
                 with torch.no_grad():
                     torch._foreach_copy_(trainer.trainable, self.snapshot)
                 self.rollbacks += 1
                 self.dynamics.penalize(self.options.rollback_penalty)
-            self.snapshot = None
+            self.snapshot = self.best = None
             self.dynamics.rebase(trainer.trainable)
 
     # -- the predicted step ------------------------------------------------------------------
@@ -219,10 +242,20 @@ class Hybrid:
             scheduler.step()
         done = self.controller.phase_step + 1
         metrics: dict[str, Any] = {"loss": self.dynamics.predicted_loss(done), "lr": lr, "predicted": 1}
+        self.end_loss = None
         if done % self.options.loss_check_every == 0:
             checked = self.probe_loss(trainer)
             metrics["loss"] = metrics["probe_loss"] = checked
-            self.controller.check(checked, self.reference)
+            self.controller.check(checked, self.best_loss)
+            c = self.controller
+            ends = c.aborted or done >= c.budget
+            self.end_loss = checked if ends else None  # Correct's entry need not measure again
+            if checked < self.best_loss and not ends:  # the best point so far
+                self.best_loss = checked
+                if self.best is None:
+                    self.best = [p.detach().clone() for p in trainer.trainable]
+                else:
+                    torch._foreach_copy_(self.best, [p.detach() for p in trainer.trainable])
         return metrics
 
     @hookimpl(tryfirst=True)
@@ -238,6 +271,7 @@ class Hybrid:
         metrics["predicted_fraction"] = self.predicted_steps / max(1, self.predicted_steps + self.real_steps)
         metrics["confidence"] = self.confidence()
         metrics["rollbacks"] = self.rollbacks
+        metrics["returns"] = self.returns
 
     # -- state -------------------------------------------------------------------------------
 
@@ -248,7 +282,8 @@ class Hybrid:
             "phase": c.phase, "phase_step": c.phase_step, "budget": c.budget, "aborted": c.aborted,
             "rolled_back": c.rolled_back, "real_steps": self.real_steps,
             "predicted_steps": self.predicted_steps, "rollbacks": self.rollbacks, "aborts": self.aborts,
-            "reference": self.reference, "snapshot": self.snapshot,
+            "reference": self.reference, "snapshot": self.snapshot, "returns": self.returns,
+            "best_loss": self.best_loss, "best": self.best, "end_loss": self.end_loss,
         }
 
     @hookimpl
@@ -262,6 +297,8 @@ class Hybrid:
         self.real_steps, self.predicted_steps = s["real_steps"], s["predicted_steps"]
         self.rollbacks, self.aborts = s["rollbacks"], s["aborts"]
         self.reference, self.snapshot = s["reference"], s["snapshot"]
+        self.returns, self.best_loss, self.best = s["returns"], s["best_loss"], s["best"]
+        self.end_loss = s["end_loss"]
 
 
 @hookimpl

@@ -166,6 +166,25 @@ class PINN:
             raise BadInput("the pinn task has no points to train on (sampler n and condition points are 0)")
         return total
 
+    def forward_loss(self, model: nn.Module, batch: PINNBatch) -> Tensor:
+        """The loss of ``batch`` with no parameter gradients (hybrid training's loss checks).
+
+        Residuals need derivatives with respect to the inputs, so autograd stays on, but the
+        parameters are taken out of the graph while it runs: cheaper, and nothing can reach
+        their ``.grad``. The logged per-term values of the last real step are kept.
+        """
+        params = [p for p in model.parameters() if p.requires_grad]
+        terms = dict(self._terms)
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            with torch.enable_grad():
+                return self.loss(model, batch).detach()
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+            self._terms = terms
+
     # -- evaluation -------------------------------------------------------------------------------
 
     def residual_magnitudes(self, model: nn.Module, points: Tensor) -> Tensor:
