@@ -8,6 +8,7 @@ to ``[-1, 1]`` inside ``forward``. That keeps tanh units out of saturation for d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -33,9 +34,16 @@ class PINNNet(nn.Module):
         hidden: width of every hidden layer.
         depth: number of hidden layers.
         activation: a key of :data:`ACTIVATIONS`.
+        first_layer_scale: factor on the first linear layer's initial weights (SIREN's ``w0``
+            with ``activation = "sin"``); 1 keeps the plain Glorot initialisation.
+        fourier_features: ``m > 0`` feeds ``[cos(2 pi z B), sin(2 pi z B)]`` (2m features) of the
+            normalised input ``z`` to the MLP instead of ``z``, with ``B`` (d, m) drawn once from
+            ``N(0, fourier_scale^2)`` and kept as a buffer (so it is saved with the weights);
+            0 feeds ``z`` itself.
+        fourier_scale: standard deviation of the entries of ``B``.
 
     Weights are Glorot-normal and biases zero (the usual PINN initialisation, Raissi et al.),
-    drawn from torch's global generator, which the Trainer seeds.
+    drawn from torch's global generator, which the Trainer seeds (as is ``B``, before them).
     """
 
     def __init__(
@@ -46,17 +54,31 @@ class PINNNet(nn.Module):
         hidden: int = 20,
         depth: int = 8,
         activation: str = "tanh",
+        first_layer_scale: float = 1.0,
+        fourier_features: int = 0,
+        fourier_scale: float = 1.0,
     ) -> None:
         super().__init__()
         lo = torch.as_tensor(lower, dtype=torch.float64)
         hi = torch.as_tensor(upper, dtype=torch.float64)
         self.register_buffer("centre", (hi + lo) / 2)  # (d,)
         self.register_buffer("half_width", (hi - lo) / 2)  # (d,)
-        sizes = [lo.numel()] + [hidden] * depth + [out_dim]
+        self.fourier: Tensor | None
+        if fourier_features > 0:
+            b = torch.randn(lo.numel(), fourier_features, dtype=torch.float64) * fourier_scale
+            self.register_buffer("fourier", b)  # (d, m)
+            n_in = 2 * fourier_features
+        else:
+            self.fourier = None
+            n_in = lo.numel()
+        sizes = [n_in] + [hidden] * depth + [out_dim]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             linear = nn.Linear(a, b, dtype=torch.float64)
             nn.init.xavier_normal_(linear.weight)
+            if i == 0 and first_layer_scale != 1.0:
+                with torch.no_grad():
+                    linear.weight.mul_(first_layer_scale)
             nn.init.zeros_(linear.bias)
             layers.append(linear)
             if i < len(sizes) - 2:
@@ -65,4 +87,8 @@ class PINNNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.to(self.centre.dtype)  # a no-op when the caller already uses the model's dtype
-        return self.net((x - self.centre) / self.half_width)
+        z = (x - self.centre) / self.half_width
+        if self.fourier is not None:
+            zb = (2 * math.pi) * (z @ self.fourier)
+            z = torch.cat([torch.cos(zb), torch.sin(zb)], dim=-1)
+        return self.net(z)

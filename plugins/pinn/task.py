@@ -65,6 +65,11 @@ class PINNOptions:
     hidden: int = attrs.field(default=20, validator=positive)  # width of each hidden layer
     depth: int = attrs.field(default=8, validator=positive)  # hidden layers
     activation: str = attrs.field(default="tanh", validator=one_of(*ACTIVATIONS))
+    # Factor on the first layer's initial weights (SIREN's w0 with activation = "sin"); 1: plain Glorot.
+    first_layer_scale: float = attrs.field(default=1.0, validator=positive)
+    # Random Fourier features of the normalised input fed to the MLP (2 per feature); 0: off.
+    fourier_features: int = attrs.field(default=0, validator=non_negative)
+    fourier_scale: float = attrs.field(default=1.0, validator=positive)  # std of the feature frequencies
     n_initial: int = attrs.field(default=256, validator=non_negative)  # per condition named initial*
     n_boundary: int = attrs.field(default=256, validator=non_negative)  # per other condition
     # Loss weight per term: "pde" and the problem's condition names; a term not listed weighs 1.
@@ -112,7 +117,11 @@ class PINN:
                 f"got {o.eval_grid!r}",
             )
         self.device = ctx.device
-        model = PINNNet(problem.lower, problem.upper, problem.output_dim, o.hidden, o.depth, o.activation)
+        model = PINNNet(
+            problem.lower, problem.upper, problem.output_dim, o.hidden, o.depth, o.activation,
+            first_layer_scale=o.first_layer_scale, fourier_features=o.fourier_features,
+            fourier_scale=o.fourier_scale,
+        )
         model = model.to(device=self.device, dtype=DTYPES[o.dtype])
         self.model: nn.Module = ctx.component("precision").prepare(model)
         # A precision policy may cast the model; points follow whatever dtype it ends up with.
