@@ -49,7 +49,7 @@ class HybridOptions:
     confidence_threshold: float = attrs.field(default=0.5, validator=non_negative)
     initial_predict_steps: int = attrs.field(default=4, validator=positive)
     max_predict_steps: int = attrs.field(default=32, validator=positive)
-    loss_check_every: int = attrs.field(default=4, validator=positive)
+    loss_check_every: int = attrs.field(default=8, validator=positive)
     abort_tolerance: float = attrs.field(default=0.05, validator=non_negative)
     correct_steps: int = attrs.field(default=8, validator=positive)
     rollback_tolerance: float = attrs.field(default=0.0, validator=non_negative)
