@@ -24,7 +24,8 @@ The whole protocol of one run, in order (``Trainer.fit``)::
     train_end(trainer, outcome)
 
 On ``--resume`` the loop calls ``restore(trainer, state)`` after building every component and
-before ``train_start``. ``phasetrain_components`` and ``phasetrain_presets`` are asked once, when
+before ``train_start``. ``event(trainer, step, name, message, fields)`` is fired by plugins, not
+the loop, whenever something worth logging happens (a hybrid rollback). ``phasetrain_components`` and ``phasetrain_presets`` are asked once, when
 plugins are loaded, never during a run; ``phasetrain_add_commands`` once per ``phasetrain``
 command line, before its arguments are parsed.
 
@@ -169,6 +170,18 @@ def eval_end(trainer: Trainer, step: int, metrics: MutableMapping[str, Any]) -> 
 
     ``metrics`` holds the evaluation results (``"eval_loss"`` and any task-specific ones such as
     ``"rel_l2"``); implementations may add to it. Loggers should be ``trylast``.
+    """
+
+
+@hookspec
+def event(trainer: Trainer, step: int, name: str, message: str, fields: Mapping[str, Any]) -> None:
+    """Something happened that belongs in the logs as it happens: a plugin fires it.
+
+    ``name`` is a short identifier (the hybrid schedule fires ``"rollback"`` and ``"return"``),
+    ``message`` one line for people, ``fields`` numbers and strings for files. The built-in
+    observers print the message and record ``{"kind": "event", "name": ..., **fields}`` in
+    metrics.jsonl and TensorBoard's text tab. Fire it with
+    ``trainer.pm.hook.event(trainer=trainer, step=trainer.state.step, name=..., message=..., fields=...)``.
     """
 
 

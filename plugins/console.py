@@ -88,6 +88,11 @@ class Console:
         if not self.options.quiet and previous is not None:
             self._print(f"phase {previous.name} -> {phase.name} at step {trainer.state.step}")
 
+    @hookimpl
+    def event(self, message: str) -> None:
+        if not self.options.quiet:
+            self._print(message)
+
     @hookimpl(trylast=True)
     def post_step(self, trainer: Any, step: int, metrics: Any) -> None:
         done = step + 1

@@ -8,6 +8,8 @@ resumes), ``wall`` (Unix time) and ``phase``:
   scalar number in the step's metrics;
 - ``"eval"``: after each evaluation, with its metrics (``eval_loss``, ...);
 - ``"phase"``: the schedule entered another phase (``previous`` names the one that ended);
+- ``"event"``: a plugin reported something as it happened (``name``, e.g. a hybrid
+  ``"rollback"``, and its fields);
 - ``"end"``: the run ended (``status``, and ``error`` when it failed).
 
 A resumed run keeps the records up to the step it resumes from and appends after them, so the
@@ -28,7 +30,7 @@ import attrs
 from phasetrain import Component, hookimpl
 from phasetrain.config import FieldValueError, non_negative
 from phasetrain.errors import BadInput
-from phasetrain.plugins.observing import RunClock, finite_or_none, is_writer, numeric_fields
+from phasetrain.plugins.observing import RunClock, as_number, finite_or_none, is_writer, numeric_fields
 
 FILE = "metrics.jsonl"
 #: Fields every record has; metric fields of the same name are not copied over them.
@@ -159,6 +161,17 @@ class JsonlMetrics:
         before = previous.name if previous is not None else self._last_phase
         self._write("phase", trainer.state.step, phase.name, {"previous": before})
         self._last_phase = phase.name
+
+    @hookimpl
+    def event(self, trainer: Any, step: int, name: str, fields: Any) -> None:
+        if self._file is None:
+            return
+        record: dict[str, Any] = {"name": name}
+        for key, value in fields.items():
+            value = value if isinstance(value, str) else as_number(value)
+            if key not in RESERVED and key != "name" and value is not None:
+                record[str(key)] = value
+        self._write("event", step, trainer.state.phase, record)
 
     @hookimpl(trylast=True)
     def post_step(self, trainer: Any, step: int, metrics: Any) -> None:

@@ -137,6 +137,11 @@ class TensorBoard:
         self.writer.add_text("phase", f"step {step}: {before}{phase.name}", step)
         self.writer.add_scalar("train/phase", self.phases.index(phase.name), step)
 
+    @hookimpl
+    def event(self, step: int, name: str, message: str) -> None:
+        if self.writer is not None:
+            self.writer.add_text(f"events/{name}", message, step)
+
     @hookimpl(trylast=True)
     def post_step(self, trainer: Any, step: int, metrics: Any) -> None:
         done = step + 1

@@ -352,3 +352,31 @@ def test_hybrid_trains_a_pinn_without_backward_in_predict(quiet):
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in trainer.model.parameters())
     assert all(p.requires_grad for p in trainer.model.parameters())  # the loss checks gave them back
     assert outcome.eval["eval_loss"] == outcome.eval["eval_loss"]  # finite, not NaN
+
+
+def test_every_rollback_is_an_event_in_the_console_and_the_metrics_file(tmp_path, capsys):
+    import json
+
+    trainer = hybrid([f"run.out_dir='{tmp_path / 'run'}'", "run.device='cpu'"], "dynamics={use='wild'}",
+                     "schedule.loss_check_every=100", plugins=[plugin(WildProvider(), "wild", "wild-dist")])
+    trainer.fit()
+    rollbacks = trainer.schedule.rollbacks
+    assert rollbacks >= 1
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    events = [r for r in records if r["kind"] == "event"]
+    assert [r["name"] for r in events] == ["rollback"] * rollbacks
+    assert [r["rollbacks"] for r in events] == list(range(1, rollbacks + 1))
+    assert all(r["probe_loss"] > r["reference"] and r["phase"] == "correct" for r in events)
+    assert capsys.readouterr().out.count("hybrid: rollback") == rollbacks
+
+
+def test_rollback_events_reach_tensorboard(quiet, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = hybrid(quiet, "dynamics={use='wild'}", "schedule.loss_check_every=100",
+                     "observers.tensorboard={hparams=false}", plugins=[plugin(WildProvider(), "wild", "wild-dist")])
+    trainer.fit()
+    acc = EventAccumulator(str(trainer.out_dir / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert "events/rollback/text_summary" in acc.Tags()["tensors"]
+    assert len(acc.Tensors("events/rollback/text_summary")) == trainer.schedule.rollbacks >= 1

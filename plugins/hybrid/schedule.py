@@ -216,15 +216,27 @@ class Hybrid:
             if self.best is not None and not loss <= self.best_loss:  # overshot: back to the best check
                 with torch.no_grad():
                     torch._foreach_copy_(trainer.trainable, self.best)
-                loss = self.best_loss
                 self.returns += 1
+                self._event(trainer, "return", f"hybrid: predicted stretch overshot (probe loss {loss:.4g}); "
+                            f"back to its best check ({self.best_loss:.4g}, {self.reference:.4g} at entry)",
+                            loss, self.best_loss)
+                loss = self.best_loss
             if self.controller.judged(loss, self.reference):
                 with torch.no_grad():
                     torch._foreach_copy_(trainer.trainable, self.snapshot)
                 self.rollbacks += 1
                 self.dynamics.penalize(self.options.rollback_penalty)
+                self._event(trainer, "rollback", f"hybrid: rollback, probe loss {loss:.4g} against {self.reference:.4g} "
+                            f"at Predict entry; weights restored", loss, self.reference)
             self.snapshot = self.best = None
             self.dynamics.rebase(trainer.trainable)
+
+    def _event(self, trainer: Any, name: str, message: str, loss: float, kept: float) -> None:
+        step = trainer.state.step
+        fields = {"probe_loss": loss, "kept_loss": kept, "reference": self.reference,
+                  "rollbacks": self.rollbacks, "returns": self.returns}
+        trainer.pm.hook.event(trainer=trainer, step=step, name=name, message=f"{message} (step {step})",
+                              fields=fields)
 
     # -- the predicted step ------------------------------------------------------------------
 
