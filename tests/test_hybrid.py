@@ -380,3 +380,34 @@ def test_rollback_events_reach_tensorboard(quiet, tmp_path):
     acc.Reload()
     assert "events/rollback/text_summary" in acc.Tags()["tensors"]
     assert len(acc.Tensors("events/rollback/text_summary")) == trainer.schedule.rollbacks >= 1
+
+
+def pinn_hybrid(out, *extra, plugins=()):
+    return phasetrain.Trainer.from_config(
+        "burgers",
+        [f"run.out_dir='{out}'", "observers.console.quiet=true", "run.device='cpu'", "run.steps=40",
+         "run.eval_every=0", "task.n_initial=32", "task.n_boundary=32", "task.hidden=8", "task.depth=2",
+         "task.eval_grid=[16]", "sampler={use='rad', n=128, every=5}",
+         "schedule={use='hybrid', warmup_steps=5, min_full_steps=2, confidence_threshold=0.0, "
+         "initial_predict_steps=6, max_predict_steps=6, correct_steps=3, loss_check_every=1}",
+         "dynamics={use='linear', window=2}", *extra],
+        plugins=list(plugins),
+    )
+
+
+def test_resume_of_a_pinn_hybrid_run_with_loss_checks_and_rad_continues_identically(tmp_path):
+    whole = pinn_hybrid(tmp_path / "a")
+    whole.fit()
+    assert whole.schedule.predicted_steps > 0
+    stopper = StopInPredict()
+    first = pinn_hybrid(tmp_path / "b", plugins=[stopper])
+    first.fit()
+    assert stopper.stopped_at is not None and first.schedule.controller.phase == "predict"
+    second = pinn_hybrid(tmp_path / "b")
+    second.resume(report=lambda _m: None)
+    second.fit()
+    s, w = second.schedule, whole.schedule
+    assert (s.predicted_steps, s.rollbacks, s.returns) == (w.predicted_steps, w.rollbacks, w.returns)
+    assert torch.equal(second.task.points, whole.task.points)
+    for a, b in zip(whole.model.parameters(), second.model.parameters(), strict=True):
+        assert torch.equal(a, b)
