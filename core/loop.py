@@ -34,11 +34,15 @@ class Phase:
 
     ``optimizer`` (and ``lr_schedule``) choose the phase's own optimizer; ``None`` means the
     run's ``[optimizer]`` section. Phases that share an optimizer share its state.
+    ``predicted`` marks a phase whose steps take no data and compute no gradients (the hybrid
+    schedule's Predict): plugins that change the training data, such as adaptive collocation
+    samplers, wait for a real step.
     """
 
     name: str
     optimizer: Choice | None = None
     lr_schedule: Choice | None = None
+    predicted: bool = False
 
     @property
     def optimizer_key(self) -> str:

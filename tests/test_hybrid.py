@@ -411,3 +411,27 @@ def test_resume_of_a_pinn_hybrid_run_with_loss_checks_and_rad_continues_identica
     assert torch.equal(second.task.points, whole.task.points)
     for a, b in zip(whole.model.parameters(), second.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+class PointsWatch:
+    """The step of every change of the collocation points, and the phase it happened in."""
+
+    def __init__(self):
+        self.changes = []
+        self._last = None
+
+    @hookimpl(trylast=True)
+    def post_step(self, trainer, step, metrics):
+        points = trainer.task.points
+        if self._last is not None and not torch.equal(points, self._last):
+            self.changes.append((step, bool(metrics.get("predicted"))))
+        self._last = points.clone()
+
+
+def test_adaptive_samplers_do_not_move_points_inside_a_predicted_stretch(tmp_path):
+    watch = PointsWatch()
+    trainer = pinn_hybrid(tmp_path / "a", "sampler.every=2", plugins=[watch])
+    trainer.fit()
+    assert trainer.schedule.predicted_steps > 0
+    assert watch.changes and not any(predicted for _, predicted in watch.changes)
+    assert trainer.task.sampler.num_updates == len(watch.changes)

@@ -135,7 +135,7 @@ class Hybrid:
     def __init__(self, options: HybridOptions, ctx: Any):
         self.options = options
         self.ctx = ctx
-        self.phases = {name: Phase(name) for name in PHASES}
+        self.phases = {name: Phase(name, predicted=name == "predict") for name in PHASES}
         self.controller = HybridController(options, ctx.config.run.steps)
         self.real_steps = 0
         self.predicted_steps = 0

@@ -136,6 +136,7 @@ class PINN:
         self._grid: Tensor | None = None  # the test grid and the exact solution on it, on demand
         self._exact: Tensor | None = None
         self._terms: dict[str, Tensor] = {}  # last step's mean squared residual per term
+        self.deferred: int | None = None  # first step of a predicted stretch: updates due in it wait
 
     def _place(self, points: Tensor) -> Tensor:
         return points.to(device=self.device, dtype=self.dtype)
@@ -284,9 +285,18 @@ class PINN:
 
     @hookimpl
     def pre_step(self, trainer: Any, step: int) -> None:
+        if getattr(trainer.phase, "predicted", False):
+            # A predicted stretch is judged by loss checks on the current points: an update that
+            # falls due now waits for the next real step.
+            if self.deferred is None:
+                self.deferred = step
+            return
         model = trainer.model
-        if self.sampler.update(step, lambda pool: self.residual_magnitudes(model, pool)):
-            self.points = self._place(self.sampler.points())
+        start, self.deferred = self.deferred, None
+        for s in (step,) if start is None else range(start, step + 1):  # the first due one, once
+            if self.sampler.update(s, lambda pool: self.residual_magnitudes(model, pool)):
+                self.points = self._place(self.sampler.points())
+                break
 
     @hookimpl
     def post_step(self, metrics: MutableMapping[str, Any]) -> None:
@@ -296,9 +306,11 @@ class PINN:
     @hookimpl
     def checkpoint(self, state: MutableMapping[str, Any]) -> None:
         state["pinn_sampler"] = self.sampler.state_dict()
+        state["pinn_deferred"] = self.deferred
 
     @hookimpl
     def restore(self, state: Mapping[str, Any]) -> None:
+        self.deferred = state.get("pinn_deferred")
         if "pinn_sampler" in state:
             try:
                 self.sampler.load_state_dict(dict(state["pinn_sampler"]))
