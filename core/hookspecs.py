@@ -25,9 +25,9 @@ The whole protocol of one run, in order (``Trainer.fit``)::
 
 On ``--resume`` the loop calls ``restore(trainer, state)`` after building every component and
 before ``train_start``. ``event(trainer, step, name, message, fields)`` is fired by plugins, not
-the loop, whenever something worth logging happens (a hybrid rollback). ``phasetrain_components`` and ``phasetrain_presets`` are asked once, when
-plugins are loaded, never during a run; ``phasetrain_add_commands`` once per ``phasetrain``
-command line, before its arguments are parsed.
+the loop, whenever something worth logging happens (a hybrid rollback). ``phasetrain_components``
+and ``phasetrain_presets`` are asked once, when plugins are loaded, never during a run;
+``phasetrain_add_commands`` once per ``phasetrain`` command line, before its arguments are parsed.
 
 Ordering: pluggy calls implementations newest-registered first; ``tryfirst``/``trylast`` move an
 implementation to the front or back. Loggers and other pure observers should be ``trylast`` on

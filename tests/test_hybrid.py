@@ -269,17 +269,12 @@ class Bowl(Regression):
         return sum(((p - 0.5) ** 2).sum() for p in model.parameters())
 
 
-class Overshoot:
+class Overshoot(Wild):
     """Walks in steps of 0.3 x (0.5 - weights at stretch entry): along that line the loss is
     (1 - 0.3 k)^2 times the entry loss, lowest at k = 3 and rising after."""
 
-    confidence = 1.0
-
     def __init__(self, options, ctx):
         self.delta = None
-
-    def observe(self, params, loss, lr):
-        pass
 
     def rebase(self, params):
         self.delta = None
@@ -288,12 +283,6 @@ class Overshoot:
         if self.delta is None:
             self.delta = [0.3 * (0.5 - p.detach()) for p in params]
         return [d.clone() for d in self.delta]
-
-    def predicted_loss(self, k):
-        return 0.0
-
-    def penalize(self, factor):
-        pass
 
 
 class BowlProvider:

@@ -264,10 +264,7 @@ class Hybrid:
             self.end_loss = checked if ends else None  # Correct's entry need not measure again
             if checked < self.best_loss and not ends:  # the best point so far
                 self.best_loss = checked
-                if self.best is None:
-                    self.best = [p.detach().clone() for p in trainer.trainable]
-                else:
-                    torch._foreach_copy_(self.best, [p.detach() for p in trainer.trainable])
+                self.best = [p.detach().clone() for p in trainer.trainable]
         return metrics
 
     @hookimpl(tryfirst=True)

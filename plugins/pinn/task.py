@@ -285,7 +285,7 @@ class PINN:
 
     @hookimpl
     def pre_step(self, trainer: Any, step: int) -> None:
-        if getattr(trainer.phase, "predicted", False):
+        if trainer.phase.predicted:
             # A predicted stretch is judged by loss checks on the current points: an update that
             # falls due now waits for the next real step.
             if self.deferred is None:
