@@ -85,9 +85,9 @@ class Timeline:
         self._t0 = time.perf_counter()
 
     @hookimpl(trylast=True)
-    def post_step(self, metrics) -> None:
+    def post_step(self, trainer, metrics) -> None:
         now = time.perf_counter()
-        self.step_times["predicted" if metrics.get("predicted") else "real"].append(now - self._t0)
+        self.step_times["real" if trainer.phase.real else "predicted"].append(now - self._t0)
         self._last = now
 
     @hookimpl(trylast=True)

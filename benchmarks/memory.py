@@ -177,7 +177,7 @@ def child(spec: dict) -> dict:
         "final_loss": float(trainer.outcome.metrics["loss"]),
     }
     if offload:
-        stats = trainer.offload.stats
+        stats = trainer.component("offload").stats
         after = [t for phase, t in probe.times if phase == "after"]
         out.update(
             offload_bytes_out=stats.bytes_out, offload_bytes_in=stats.bytes_in,

@@ -7,12 +7,14 @@ The public surface::
     phasetrain.load_model(run_dir)           # the trained nn.Module, in eval mode
     phasetrain.hookimpl                      # mark a plugin's hook implementations
     phasetrain.Component                     # what a plugin's phasetrain_components returns
+    phasetrain.Kind                          # what a plugin's phasetrain_kinds returns
+    phasetrain.Phase                         # what a schedule returns (see phasetrain.types)
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
 from phasetrain.hookspecs import hookimpl, hookspec
-from phasetrain.registry import Component, NoOptions
+from phasetrain.registry import Component, Kind, NoOptions
 
 try:
     __version__ = version("phasetrain")
@@ -29,6 +31,10 @@ def __getattr__(name: str):  # the heavier modules load on first use
         from phasetrain import checkpoint
 
         return getattr(checkpoint, name)
+    if name in ("Phase", "Outcome", "TrainState"):
+        from phasetrain import types
+
+        return getattr(types, name)
     if name == "Config":
         from phasetrain.config import Config
 
@@ -39,7 +45,10 @@ def __getattr__(name: str):  # the heavier modules load on first use
 __all__ = [
     "Component",
     "Config",
+    "Kind",
     "NoOptions",
+    "Outcome",
+    "Phase",
     "Trainer",
     "__version__",
     "hookimpl",

@@ -17,7 +17,6 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import random
 import shutil
 import sys
 from collections.abc import Mapping
@@ -25,16 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import numpy as np
 import torch
 
-from phasetrain import distributed
 from phasetrain.errors import CheckpointError, TrainingFailed
 
 if TYPE_CHECKING:
     from phasetrain.loop import Trainer
 
-FORMAT = 1
+FORMAT = 2  # 2 (phasetrain 0.2): a stage's own optimizer is saved as "phase.<name>"
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 PREFIX = "step-"
@@ -48,47 +45,6 @@ def name_for(step: int) -> str:
     return f"{PREFIX}{step:08d}"
 
 
-# ---------------------------------------------------------------------------------------------
-# RNG state as plain tensors and numbers
-# ---------------------------------------------------------------------------------------------
-
-
-def rng_state() -> dict[str, Any]:
-    version, mt, gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state = {
-        "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
-        "numpy": {
-            "name": np_name,
-            "keys": torch.from_numpy(np_keys.astype(np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "gauss": float(np_gauss),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["mt"].tolist()), py["gauss"]))
-    n = state["numpy"]
-    np.random.set_state(
-        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ---------------------------------------------------------------------------------------------
-# Collecting and applying the state of a run
-# ---------------------------------------------------------------------------------------------
-
-
 def versions(trainer: Trainer) -> dict[str, str]:
     out = {"python": sys.version.split()[0], "torch": torch.__version__}
     try:
@@ -98,47 +54,6 @@ def versions(trainer: Trainer) -> dict[str, str]:
     for info in trainer.registry.plugins:
         out.setdefault(info.distribution, info.version)
     return out
-
-
-def collect(trainer: Trainer) -> dict[str, Any]:
-    """Everything needed to continue ``trainer`` as if it had never stopped."""
-    state: dict[str, Any] = {
-        "model": trainer.model.state_dict(),
-        # Optimizers not rebuilt since a resume (a finished stage's) keep their saved state.
-        "optimizers": {
-            **trainer.pending_state["optimizers"],
-            **{k: opt.state_dict() for k, opt in trainer.optimizers.items()},
-        },
-        "lr_schedulers": {
-            **trainer.pending_state["lr_schedulers"],
-            **{k: s.state_dict() for k, s in trainer.lr_schedulers.items()},
-        },
-        # every rank's generators (they are seeded per rank); one entry without distribution
-        "rng": {"per_rank": distributed.gather_objects(rng_state())},
-        "trainer": attrs.asdict(trainer.state),
-        "plugins": {},
-    }
-    trainer.pm.hook.checkpoint(trainer=trainer, state=state["plugins"])
-    return state
-
-
-def apply(trainer: Trainer, state: Mapping[str, Any]) -> None:
-    """Put ``state`` (from :func:`collect`) back into a freshly built ``trainer``."""
-    trainer.model.load_state_dict(state["model"])
-    for key, value in state["trainer"].items():
-        setattr(trainer.state, key, value)
-    trainer.pending_state = {
-        "optimizers": dict(state["optimizers"]),
-        "lr_schedulers": dict(state["lr_schedulers"]),
-    }
-    trainer.pm.hook.restore(trainer=trainer, state=state["plugins"])
-    per_rank = state["rng"]["per_rank"]
-    rank = trainer.world.rank
-    if len(per_rank) != trainer.world.size:
-        raise CheckpointError(
-            f"the checkpoint was written by {len(per_rank)} process(es); this run has {trainer.world.size}"
-        )
-    set_rng_state(per_rank[rank])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,26 +77,26 @@ def _write(path: Path, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def save(trainer: Trainer) -> Path:
-    """Write a checkpoint of ``trainer`` atomically and prune old ones; return its directory.
+def save(trainer: Trainer, state: Mapping[str, Any]) -> Path:
+    """Write ``state`` (the run's ``state_dict()``) as the checkpoint of the current step,
+    atomically, and prune old ones; return its directory.
 
-    Under torch.distributed every rank takes part (their RNG states are gathered), rank 0
-    writes, and all ranks wait until the checkpoint is in place.
+    Every process calls it; the main one writes, and all wait until the checkpoint is in place.
     """
     import io
 
-    bad = [n for n, t in trainer.model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    bad = [n for n, t in state["model"].items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise TrainingFailed(f"refusing to write a checkpoint with non-finite weights ({', '.join(bad[:3])})")
     root = checkpoint_dir(trainer.out_dir)
-    state = collect(trainer)
     final = root / name_for(trainer.state.step)
-    if not trainer.world.main:
-        distributed.barrier()
+    strategy = trainer.strategy
+    if not strategy.main:
+        strategy.barrier()
         return final
     root.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save(dict(state), buffer)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -206,7 +121,7 @@ def save(trainer: Trainer) -> Path:
         os.replace(tmp, final)
     _fsync_dir(root)
     prune(root, trainer.config.run.keep_checkpoints)
-    distributed.barrier()
+    strategy.barrier()
     return final
 
 
@@ -239,6 +154,9 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{meta_path}: missing") from None
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{meta_path}: unreadable ({exc})") from None
+    if isinstance(meta, dict) and meta.get("format") == 1:
+        raise CheckpointError(f"{meta_path}: written by phasetrain 0.1 (checkpoint format 1); this phasetrain "
+                              f"reads format {FORMAT}: finish that run with phasetrain 0.1 or start it again")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "sha256" not in meta:
         raise CheckpointError(f"{meta_path}: not a phasetrain checkpoint of format {FORMAT}")
     return meta
@@ -308,13 +226,16 @@ def load_model(run_dir: str | Path) -> torch.nn.Module:
     """The trained model of a run, rebuilt from its config and weights, in eval mode."""
     from phasetrain import config as config_mod
     from phasetrain.loop import Trainer
+    from phasetrain.types import ExportsModel
 
     state = load_checkpoint(run_dir)
     cfg = config_mod.build(state["meta"]["config"], source=str(run_dir))
     cfg.run.device = "cpu"
-    observers_off = {name: attrs.evolve(o, enabled=False) for name, o in cfg.observers.items()}
-    cfg.observers = observers_off
+    for key, value in cfg.sections.items():  # no logs, no files: only the model is wanted
+        if isinstance(value, dict):
+            cfg.sections[key] = {name: attrs.evolve(o, enabled=False) for name, o in value.items()}
     trainer = Trainer(cfg)
     trainer.model.load_state_dict(state["model"])
-    model = getattr(trainer.task, "export_model", lambda m: m)(trainer.model)
+    task = trainer.task
+    model = task.export_model(trainer.model) if isinstance(task, ExportsModel) else trainer.model
     return model.eval()

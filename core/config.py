@@ -1,6 +1,7 @@
 """The run config: attrs classes, a project-owned cattrs converter, files and ``--set`` overrides.
 
-A config file (TOML or JSON) has a ``[run]`` table and one section per component kind::
+A config file (TOML or JSON) has a ``[run]`` table and one section per kind the installed
+plugins declare (``phasetrain plugins`` lists them)::
 
     [run]
     steps = 2000
@@ -9,16 +10,18 @@ A config file (TOML or JSON) has a ``[run]`` table and one section per component
     use = "adam"        # the component's registered name
     lr = 3e-4           # every other key belongs to that component's own attrs config class
 
-    [observers.console] # observers are keyed by name; several may listen at once
+    [observers.console] # a kind declared with many=True: a table of components keyed by name
     every = 100
 
 Structuring is strict: unknown keys, wrong types and out-of-range values are errors that name
-the file and the dotted path of the field. Defaults live in the attrs classes only.
+the file and the dotted path of the field. Defaults live in the attrs classes only; a section a
+file leaves out gets its kind's default component, or none.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import tomllib
@@ -37,7 +40,7 @@ from cattrs.errors import (
 )
 
 from phasetrain.errors import ConfigError, UnknownComponent
-from phasetrain.registry import KINDS, Registry, load_registry
+from phasetrain.registry import Registry, load_registry
 
 # ---------------------------------------------------------------------------------------------
 # Validators for component config classes: they name the field, so errors carry its path
@@ -80,6 +83,11 @@ def one_of(*choices: Any) -> Any:
     return _check(lambda v: v in choices, "one of " + ", ".join(repr(c) for c in choices), choices=choices)
 
 
+def resumable(**kwargs: Any) -> Any:
+    """An ``attrs.field`` that may change when a run resumes (bookkeeping, not training)."""
+    return attrs.field(metadata={"resumable": True}, **kwargs)
+
+
 # ---------------------------------------------------------------------------------------------
 # The schema
 # ---------------------------------------------------------------------------------------------
@@ -91,33 +99,28 @@ def _device(_instance: Any, attribute: attrs.Attribute, value: str) -> None:
 
 
 @attrs.define
-class DistributedConfig:
-    """torch.distributed settings, used when launched by torchrun."""
-
-    backend: str = attrs.field(default="auto", validator=one_of("auto", "gloo", "nccl"))  # auto: by device
-    timeout_s: float = attrs.field(default=300.0, validator=positive)  # a collective waits this long
-    check_every: int = attrs.field(default=0, validator=non_negative)  # >0: verify weights agree
-
-
-@attrs.define
 class RunConfig:
-    """Settings of the run itself; every component kind has its own section besides."""
+    """Settings of the run itself; every kind of component has its own section besides."""
 
-    steps: int = attrs.field(default=1000, validator=positive)  # optimizer steps in total
+    steps: int = resumable(default=1000, validator=positive)  # steps in total
     seed: int = 0  # seeds python, numpy and torch before anything is built
-    out_dir: str = "runs/default"  # checkpoints, metrics and logs go here
-    device: str = attrs.field(default="auto", validator=_device)  # auto: cuda when available
-    log_every: int = attrs.field(default=50, validator=positive)  # cadence of metric records
-    eval_every: int = attrs.field(default=0, validator=non_negative)  # 0: evaluate at the end only
-    checkpoint_every: int = attrs.field(default=0, validator=non_negative)  # 0: at the end only
-    keep_checkpoints: int = attrs.field(default=3, validator=positive)
+    out_dir: str = resumable(default="runs/default")  # checkpoints, metrics and logs go here
+    device: str = resumable(default="auto", validator=_device)  # auto: cuda when available
+    log_every: int = resumable(default=50, validator=positive)  # cadence of metric records
+    eval_every: int = resumable(default=0, validator=non_negative)  # 0: evaluate at the end only
+    checkpoint_every: int = resumable(default=0, validator=non_negative)  # 0: at the end only
+    keep_checkpoints: int = resumable(default=3, validator=positive)
     grad_accum_steps: int = attrs.field(default=1, validator=positive)  # micro-batches per step
-    threads: int = attrs.field(default=0, validator=non_negative)  # torch threads; 0: torch's default
-    # After a non-finite loss or gradient (never applied): "skip", "rollback" or "stop".
-    nonfinite: str = attrs.field(default="skip", validator=one_of("skip", "rollback", "stop"))
-    nonfinite_patience: int = attrs.field(default=3, validator=positive)  # consecutive bad steps
-    nonfinite_lr_factor: float = attrs.field(default=0.5, validator=in_range(1e-6, 1.0))  # rollback
-    distributed: DistributedConfig = attrs.field(factory=DistributedConfig)
+    threads: int = resumable(default=0, validator=non_negative)  # torch threads; 0: torch's default
+
+
+#: Keys of earlier versions, with where they went (a config that uses one is told).
+MOVED = {
+    "run.nonfinite": '[nonfinite] use = "skip" | "rollback" | "stop"',
+    "run.nonfinite_patience": "[nonfinite] patience",
+    "run.nonfinite_lr_factor": '[nonfinite] use = "rollback", lr_factor',
+    "run.distributed": '[strategy] (use = "ddp", backend, timeout_s, check_every)',
+}
 
 
 @attrs.frozen
@@ -134,71 +137,65 @@ class Choice:
     def of(cls, kind: str) -> type[Choice]:
         """The Choice type for ``kind``: use it as a field type in a component's config class to
         let users pick a nested component (for example a stage's own optimizer)."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown component kind {kind!r}")
         if kind not in cls._subclasses:
             sub = type(f"{kind.title().replace('_', '')}Choice", (cls,), {"kind": kind})
             cls._subclasses[kind] = attrs.frozen(sub)
         return cls._subclasses[kind]
 
 
-TaskChoice = Choice.of("task")
-OptimizerChoice = Choice.of("optimizer")
-LrScheduleChoice = Choice.of("lr_schedule")
-ScheduleChoice = Choice.of("schedule")
-DynamicsChoice = Choice.of("dynamics")
-PrecisionChoice = Choice.of("precision")
-OffloadChoice = Choice.of("offload")
-ResidualChoice = Choice.of("residual")
-SamplerChoice = Choice.of("sampler")
-
-#: The component each section uses when a file does not choose one. ``task`` has no default;
-#: ``dynamics``, ``residual`` and ``sampler`` are absent unless a file chooses them.
-SECTION_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
-    "optimizer": {"use": "adam"},
-    "lr_schedule": {"use": "constant"},
-    "schedule": {"use": "single"},
-    "precision": {"use": "fp32"},
-    "offload": {"use": "none"},
-}
-OBSERVER_DEFAULTS: Mapping[str, Mapping[str, Any]] = {"console": {}, "jsonl": {}}
+def __getattr__(name: str) -> type[Choice]:  # OptimizerChoice, PrecisionChoice, ... for any kind
+    if name.endswith("Choice") and len(name) > 6:
+        snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in name[:-6]).lstrip("_")
+        return Choice.of(snake)
+    raise AttributeError(f"module 'phasetrain.config' has no attribute {name!r}")
 
 
 @attrs.frozen
 class Observer:
-    """An observer entry: its options and whether it is switched on."""
+    """An entry of a kind with many components (``[observers.NAME]``): options and whether it is on."""
 
     options: Any
     enabled: bool = True
 
 
+#: Components of many-kinds a config has unless it switches them off.
+MANY_DEFAULTS: Mapping[str, Mapping[str, Mapping[str, Any]]] = {"observers": {"console": {}, "jsonl": {}}}
+
+
 @attrs.define
 class Config:
-    """A whole run: ``run`` settings plus one chosen component per kind, plus observers."""
+    """A whole run: ``run`` settings plus, per section, the chosen component (or a table of them).
+
+    Sections are reached as attributes (``config.optimizer``) or with :meth:`section`; a kind the
+    config does not use is ``None``.
+    """
 
     run: RunConfig
-    task: TaskChoice
-    optimizer: OptimizerChoice
-    lr_schedule: LrScheduleChoice
-    schedule: ScheduleChoice
-    precision: PrecisionChoice
-    offload: OffloadChoice
-    observers: dict[str, Observer]
-    dynamics: DynamicsChoice | None = None
-    residual: ResidualChoice | None = None
-    sampler: SamplerChoice | None = None
+    sections: dict[str, Any] = attrs.field(factory=dict)
     source: str = attrs.field(default="", eq=False)  # file the config came from, for messages
+    registry: Registry | None = attrs.field(default=None, eq=False, repr=False)
 
-    def section(self, kind: str) -> Choice | None:
-        return getattr(self, kind)
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name in ("run", "sections", "source", "registry"):
+            raise AttributeError(name)
+        if name in self.sections:
+            return self.sections[name]
+        if any(k.key == name for k in (self.registry or load_registry()).kinds.values()):
+            return None
+        raise AttributeError(f"the config has no section {name!r}")
+
+    def section(self, kind: str) -> Any:
+        """The section of ``kind`` (by kind name or section name), or ``None``."""
+        reg = self.registry or load_registry()
+        key = reg.kinds[kind].key if kind in reg.kinds else kind
+        return self.sections.get(key)
 
     def to_dict(self) -> dict[str, Any]:
-        return converter_for(load_registry()).unstructure(self)
+        return converter_for(self.registry or load_registry()).unstructure(self)
 
     def hash(self) -> str:
         """A stable hash of the whole resolved config."""
-        data = self.to_dict()
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,18 +211,21 @@ def _type_name(value: Any) -> str:
 
 def _strict(expected: type, accepts: tuple[type, ...], label: str) -> Any:
     def structure(value: Any, _type: Any) -> Any:
-        if isinstance(value, bool) and bool not in accepts:
-            raise TypeError(f"expected {label}, got {_type_name(value)} {value!r}")
-        if not isinstance(value, accepts):
+        if (isinstance(value, bool) and bool not in accepts) or not isinstance(value, accepts):
             raise TypeError(f"expected {label}, got {_type_name(value)} {value!r}")
         return expected(value)
 
     return structure
 
 
+def _noted(exc: Exception, name: str) -> Exception:
+    exc.__notes__ = [AttributeValidationNote(name, name, Any)]
+    return exc
+
+
 def make_converter(registry: Registry) -> cattrs.Converter:
-    """The project-owned converter: strict primitives, unknown keys forbidden, choices resolved
-    through ``registry`` to each component's own config class."""
+    """The project-owned converter: strict primitives, unknown keys forbidden, sections typed
+    from ``registry``'s kinds and each choice structured into its component's config class."""
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     conv.register_structure_hook(int, _strict(int, (int,), "an integer"))
     conv.register_structure_hook(float, _strict(float, (int, float), "a float"))
@@ -243,55 +243,68 @@ def make_converter(registry: Registry) -> cattrs.Converter:
         if not isinstance(name, str):
             raise TypeError(f"'use' must be a component name, got {name!r}")
         component = registry.get(cls.kind, name)
-        rest = {k: v for k, v in data.items() if k != "use"}
-        return cls(name, conv.structure(rest, component.config))
+        return cls(name, conv.structure({k: v for k, v in data.items() if k != "use"}, component.config))
 
     def unstructure_choice(choice: Choice) -> dict[str, Any]:
-        return {"use": choice.use, **conv.unstructure(choice.options)}
+        return {"use": choice.use, **(conv.unstructure(choice.options) or {})}
 
-    conv.register_structure_hook_func(
-        lambda t: isinstance(t, type) and issubclass(t, Choice), structure_choice
-    )
-    conv.register_unstructure_hook_func(
-        lambda t: isinstance(t, type) and issubclass(t, Choice), unstructure_choice
-    )
+    is_choice = lambda t: isinstance(t, type) and issubclass(t, Choice)  # noqa: E731
+    conv.register_structure_hook_func(is_choice, structure_choice)
+    conv.register_unstructure_hook_func(is_choice, unstructure_choice)
 
-    def structure_observers(data: Any, _type: Any) -> dict[str, Observer]:
+    def structure_many(kind: str, data: Any) -> dict[str, Observer]:
         if not isinstance(data, Mapping):
-            raise TypeError(f"expected a table of observers, got {_type_name(data)} {data!r}")
-        out: dict[str, Observer] = {}
-        errors = []
+            raise TypeError(f"expected a table of components by name, got {_type_name(data)} {data!r}")
+        out, errors = {}, []
         for name, options in data.items():
             try:
+                if not isinstance(options, Mapping):
+                    raise TypeError(f"expected a table of options, got {_type_name(options)} {options!r}")
                 options = dict(options)
                 enabled = options.pop("enabled", True)
                 if not isinstance(enabled, bool):
                     raise TypeError(f"'enabled' must be true or false, got {enabled!r}")
-                component = registry.get("observer", name)
-                out[name] = Observer(conv.structure(options, component.config), enabled)
-            except Exception as exc:  # gathered with the observer's name as path
-                exc.__notes__ = [AttributeValidationNote(f"observer {name}", name, Any)]
-                errors.append(exc)
+                out[name] = Observer(conv.structure(options, registry.get(kind, name).config), enabled)
+            except Exception as exc:  # gathered with the entry's name as path
+                errors.append(_noted(exc, name))
         if errors:
-            raise ClassValidationError("While structuring observers", errors, dict)
+            raise ClassValidationError("While structuring a table of components", errors, dict)
         return out
 
-    def unstructure_observers(observers: Mapping[str, Observer]) -> dict[str, Any]:
-        out = {}
-        for name, obs in observers.items():
-            entry = conv.unstructure(obs.options)
-            if not obs.enabled:
-                entry["enabled"] = False
-            out[name] = entry
+    def structure_config(data: Mapping[str, Any], _cls: type) -> Config:
+        kinds = {k.key: k for k in registry.kinds.values()}
+        sections: dict[str, Any] = {}
+        errors = []
+        try:
+            run = conv.structure(data.get("run", {}), RunConfig)
+        except Exception as exc:
+            run = None
+            errors.append(_noted(exc, "run"))
+        for key, value in data.items():
+            if key == "run" or value is None:
+                continue
+            try:
+                kind = kinds[key]
+                sections[key] = structure_many(kind.name, value) if kind.many else conv.structure(
+                    value, Choice.of(kind.name))
+            except Exception as exc:
+                errors.append(_noted(exc, key))
+        if errors:
+            raise ClassValidationError("While structuring the config", errors, Config)
+        return Config(run, sections, registry=registry)
+
+    def unstructure_config(config: Config) -> dict[str, Any]:
+        out: dict[str, Any] = {"run": conv.unstructure(config.run)}
+        for key, value in config.sections.items():
+            if isinstance(value, dict):
+                out[key] = {n: {**(conv.unstructure(o.options) or {}), **({} if o.enabled else {"enabled": False})}
+                            for n, o in value.items()}
+            elif value is not None:
+                out[key] = conv.unstructure(value, Choice)
         return out
 
-    conv.register_structure_hook_func(lambda t: t == dict[str, Observer], structure_observers)
-    conv.register_unstructure_hook_func(lambda t: t == dict[str, Observer], unstructure_observers)
-
-    base_unstructure_config = conv.get_unstructure_hook(Config)
-    conv.register_unstructure_hook(
-        Config, lambda c: {k: v for k, v in base_unstructure_config(c).items() if k != "source"}
-    )
+    conv.register_structure_hook(Config, structure_config)
+    conv.register_unstructure_hook(Config, unstructure_config)
     return conv
 
 
@@ -322,18 +335,17 @@ def _leaves(exc: BaseException, path: str) -> Iterable[tuple[str, str]]:
     elif isinstance(exc, ForbiddenExtraKeysError):
         known = [a.name for a in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
         for key in sorted(exc.extra_fields):
-            import difflib
-
+            full = f"{path}.{key}" if path else key
+            if full in MOVED:
+                yield full, f"has moved: use {MOVED[full]} (see CHANGELOG.md)"
+                continue
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            allowed = ", ".join(known) if known else "none"
-            yield (f"{path}.{key}" if path else key), f"unknown key (allowed here: {allowed}){hint}"
+            yield full, f"unknown key (allowed here: {', '.join(known) or 'none'}){hint}"
     elif isinstance(exc, FieldValueError):
         yield (f"{path}.{exc.field}" if path else exc.field), str(exc)
     elif isinstance(exc, KeyError):
         yield path, "is required but missing"
-    elif isinstance(exc, UnknownComponent):
-        yield path, str(exc)
     else:
         yield path, str(exc)
 
@@ -349,9 +361,8 @@ def _origin(path: str, origins: Mapping[str, str], default: str) -> str:
 def _config_error(exc: BaseException, origins: Mapping[str, str], default_source: str) -> ConfigError:
     leaves = list(_leaves(exc, ""))
     path, message = leaves[0] if leaves else ("", str(exc))
-    source = _origin(path, origins, default_source)
     more = f" (and {len(leaves) - 1} more)" if len(leaves) > 1 else ""
-    return ConfigError(source, path, message + more)
+    return ConfigError(_origin(path, origins, default_source), path, message + more)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,10 +402,7 @@ def read_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
     try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = tomllib.loads(text)
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(str(path), "", f"not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from None
     if not isinstance(data, dict):
@@ -430,40 +438,42 @@ def build(
 ) -> Config:
     """Structure raw data (plus ``--set`` overrides) into a validated :class:`Config`."""
     registry = registry or load_registry()
+    kinds = {k.key: k for k in registry.kinds.values()}
     raw: dict[str, Any] = {"run": {}}
-    for kind, default in SECTION_DEFAULTS.items():
-        raw[kind] = dict(default)
-    raw["observers"] = copy.deepcopy(dict(OBSERVER_DEFAULTS))
+    for key, kind in kinds.items():
+        default = registry.default(kind.name)
+        if kind.many:
+            raw[key] = copy.deepcopy(dict(MANY_DEFAULTS.get(key, {})))
+        elif default is not None:
+            raw[key] = {"use": default}
     # A file that chooses another component drops the default's options, keeps its own.
-    raw = _deep_merge(raw, {k: v for k, v in data.items() if k not in SECTION_DEFAULTS})
-    for kind in SECTION_DEFAULTS.keys() & data.keys():
-        raw[kind] = copy.deepcopy(data[kind])
+    single = {k for k, kind in kinds.items() if not kind.many}
+    raw = _deep_merge(raw, {k: v for k, v in data.items() if k not in single})
+    for key in single & data.keys():
+        raw[key] = copy.deepcopy(data[key])
     origins: dict[str, str] = {}
     for text in overrides:
         parts, value = parse_override(text)
         node = raw
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
+            if child is not None and not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"--set {text}", where, f"is {_type_name(child)} {child!r}, not a table")
+            node = node.setdefault(part, {}) if child is None else child
         node[parts[-1]] = value
         origins[".".join(parts)] = f"--set {text}"
-    sections = {a.name for a in attrs.fields(Config)} - {"source"}
-    unknown = sorted(set(raw) - sections)
+    unknown = sorted(set(raw) - set(kinds) - {"run"})
     if unknown:
-        allowed = ", ".join(a.name for a in attrs.fields(Config) if a.name != "source")
-        raise ConfigError(
-            _origin(unknown[0], origins, source), unknown[0], f"unknown section (sections: {allowed})"
-        )
-    if "task" not in raw:
-        raise ConfigError(source, "task", "is required: choose a task, e.g. [task] use = \"regression\"")
-    conv = converter_for(registry)
+        raise ConfigError(_origin(unknown[0], origins, source), unknown[0],
+                          f"unknown section (sections: run, {', '.join(sorted(kinds))})")
+    for key, kind in kinds.items():
+        if kind.required and key not in raw:
+            example = registry.names(kind.name)[:1] or ["NAME"]
+            raise ConfigError(source, key, f'is required: choose one, e.g. [{key}] use = "{example[0]}"')
     try:
-        config = conv.structure(raw, Config)
-    except ClassValidationError as exc:
-        raise _config_error(exc, origins, source) from None
-    except (UnknownComponent, TypeError, ValueError, KeyError) as exc:
+        config = converter_for(registry).structure(raw, Config)
+    except (ClassValidationError, UnknownComponent, TypeError, ValueError, KeyError) as exc:
         raise _config_error(exc, origins, source) from None
     config.source = source
     return config
@@ -493,22 +503,15 @@ def _drop_none(value: Any) -> Any:
     return value
 
 
-#: Keys that may change between a run and its resume: bookkeeping, not the training itself.
-RESUMABLE_CHANGES = (
-    "run.steps",
-    "run.out_dir",
-    "run.device",
-    "run.log_every",
-    "run.eval_every",
-    "run.checkpoint_every",
-    "run.keep_checkpoints",
-    "run.threads",
-    "run.nonfinite",
-    "run.nonfinite_patience",
-    "run.nonfinite_lr_factor",
-    "run.distributed",
-    "observers",
-)
+def resumable_keys(config: Config) -> list[str]:
+    """Dotted keys that may change between a run and its resume (field metadata and kinds)."""
+    reg = config.registry or load_registry()
+    keys = [f"run.{a.name}" for a in attrs.fields(RunConfig) if a.metadata.get("resumable")]
+    keys += [k.key for k in reg.kinds.values() if k.resumable]
+    for key, choice in config.sections.items():
+        if isinstance(choice, Choice) and attrs.has(type(choice.options)):
+            keys += [f"{key}.{a.name}" for a in attrs.fields(type(choice.options)) if a.metadata.get("resumable")]
+    return keys
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -520,14 +523,10 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: data}
 
 
-def incompatible_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Dotted keys whose values differ between two unstructured configs, bookkeeping aside."""
+def incompatible_keys(saved: Mapping[str, Any], current: Config) -> list[str]:
+    """Dotted keys whose values differ between a saved config and ``current``, bookkeeping aside."""
     a = _flatten(json.loads(json.dumps(saved)))
-    b = _flatten(json.loads(json.dumps(current)))
-    differing = []
-    for key in sorted(a.keys() | b.keys()):
-        if any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES):
-            continue
-        if a.get(key) != b.get(key):
-            differing.append(key)
-    return differing
+    b = _flatten(json.loads(json.dumps(current.to_dict())))
+    free = resumable_keys(current)
+    return [key for key in sorted(a.keys() | b.keys())
+            if not any(key == k or key.startswith(k + ".") for k in free) and a.get(key) != b.get(key)]

@@ -1,6 +1,6 @@
 """Cheap per-step hook calls.
 
-``pre_step``, ``run_step`` and ``post_step`` fire every step, and on tiny models pluggy's
+``pre_step``, ``run_step``, ``after_backward`` and ``post_step`` fire every step, and on tiny models pluggy's
 general call path (argument checks, a copy of the implementation list, the multicall loop) is a
 visible share of the step. :class:`FastHooks` resolves each of them once per change of the
 registered plugins: no implementation → no call; plain implementations → direct calls in
@@ -57,7 +57,7 @@ def _resolve(caller: pluggy.HookCaller) -> Callable[..., Any]:
 class FastHooks:
     """Per-step hook callers for one plugin manager; call :meth:`refresh` after registering."""
 
-    NAMES = ("pre_step", "run_step", "post_step")
+    NAMES = ("pre_step", "run_step", "after_backward", "post_step")
 
     def __init__(self, pm: pluggy.PluginManager):
         self.pm = pm

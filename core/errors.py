@@ -2,7 +2,7 @@
 
 Every error here carries a message meant for a person: it says what is wrong, where, and
 (when we know) how to fix it. The command prints ``str(error)`` on one line and exits with
-``error.exit_code``; no traceback is shown for these.
+``error.exit_code``; no traceback is shown for these (``--debug`` shows one).
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ class ConfigError(BadInput):
 class UnknownComponent(BadInput):
     """A config names a component that no installed plugin provides."""
 
-    def __init__(self, kind: str, name: str, available: Iterable[str]):
+    def __init__(self, kind: str, name: str, available: Iterable[str], hint: str = ""):
         self.kind, self.name = kind, name
         self.available = sorted(available)
-        close = difflib.get_close_matches(name, self.available, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        close = difflib.get_close_matches(str(name), self.available, n=1)
+        guess = f"; did you mean {close[0]!r}?" if close else ""
         names = ", ".join(self.available) or "none installed"
-        super().__init__(f"unknown {kind} {name!r} (available: {names}){hint}")
+        super().__init__(f"unknown {kind} {name!r} (available: {names}){guess}{hint}")
 
 
 class PluginError(BadInput):
@@ -61,3 +61,8 @@ class TrainingFailed(PhasetrainError):
     """Training could not go on (for example the loss stayed non-finite): exit code 1."""
 
     exit_code = 1
+
+
+class HookFailed(TrainingFailed):
+    """A plugin's hook raised during a run: the message names the hook, the plugin, its
+    distribution and the step; the original exception is the ``__cause__``."""

@@ -3,14 +3,16 @@
 The Trainer owns the run's state and composes the components a config chooses; it knows no
 optimizer, task or device vendor. Every kind is built the same way (``factory(options, ctx)``)
 and registered with the run's plugin manager, so each component hears the hooks it implements.
-The loop itself is in :meth:`Trainer.fit` and reads like the protocol in ``hookspecs``.
+The loop itself is :meth:`Trainer.fit` and reads like the protocol in ``hookspecs``; it alone
+changes training state (steps, data position, learning-rate schedules, rollbacks).
 """
 
 from __future__ import annotations
 
+import inspect
 import random
 import time
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,57 +21,24 @@ import numpy as np
 import torch
 
 from phasetrain import config as config_mod
-from phasetrain import distributed
 from phasetrain import step as step_mod
-from phasetrain.dispatch import FastHooks
-from phasetrain.guard import NonFiniteGuard
 from phasetrain.config import Choice, Config
-from phasetrain.errors import BadInput, PhasetrainError
+from phasetrain.dispatch import FastHooks
+from phasetrain.errors import BadInput, CheckpointError, HookFailed, PhasetrainError, PluginError, TrainingFailed
 from phasetrain.registry import PluginInfo, Registry, load_registry, register
+from phasetrain.state import not_plain, rng_state, set_rng_state
+from phasetrain.strategy import SingleProcess
+from phasetrain.types import (  # noqa: F401  (Phase, TrainState, Outcome: re-exported for older plugins)
+    Evaluates,
+    KnowsPhaseLengths,
+    Outcome,
+    Phase,
+    TrainState,
+    Unscales,
+    missing,
+)
 
-
-@attrs.frozen
-class Phase:
-    """A stretch of training with one behaviour, as the schedule names it.
-
-    ``optimizer`` (and ``lr_schedule``) choose the phase's own optimizer; ``None`` means the
-    run's ``[optimizer]`` section. Phases that share an optimizer share its state.
-    ``predicted`` marks a phase whose steps take no data and compute no gradients (the hybrid
-    schedule's Predict): plugins that change the training data, such as adaptive collocation
-    samplers, wait for a real step.
-    """
-
-    name: str
-    optimizer: Choice | None = None
-    lr_schedule: Choice | None = None
-    predicted: bool = False
-
-    @property
-    def optimizer_key(self) -> str:
-        return self.name if self.optimizer is not None else "main"
-
-
-@attrs.define
-class TrainState:
-    """Counters that, together with the components' own state, define where a run stands."""
-
-    step: int = 0  # completed optimizer steps
-    batches: int = 0  # micro-batches consumed: the data position
-    phase: str = ""  # name of the current phase
-    phase_step: int = 0  # steps completed in the current phase
-    elapsed: float = 0.0  # seconds spent in fit() across resumes
-
-
-@attrs.define
-class Outcome:
-    """How a run ended."""
-
-    status: str  # "completed", "interrupted" or "failed"
-    steps: int
-    seconds: float
-    metrics: dict[str, Any] = attrs.field(factory=dict)  # last step's metrics, as numbers
-    eval: dict[str, Any] = attrs.field(factory=dict)  # last evaluation
-    error: str = ""
+_BUILDING = object()
 
 
 class BuildContext:
@@ -79,13 +48,20 @@ class BuildContext:
     def __init__(self, trainer: Trainer, **extra: Any):
         self.trainer = trainer
         self.config = trainer.config
-        self.device = trainer.device
         self.seed = trainer.config.run.seed
         self.out_dir = trainer.out_dir
         self.params: Any = extra.pop("params", None)
-        self.optimizer: torch.optim.Optimizer | None = extra.pop("optimizer", None)
+        self.optimizer: Any = extra.pop("optimizer", None)
         self.steps: int = extra.pop("steps", trainer.config.run.steps)
         self.extra = extra
+
+    @property
+    def device(self) -> torch.device:
+        return self.trainer.device
+
+    @property
+    def strategy(self) -> Any:
+        return self.trainer.strategy
 
     def component(self, kind: str) -> Any:
         """The run's component of ``kind`` (built on first use), or ``None`` if not configured."""
@@ -94,17 +70,6 @@ class BuildContext:
     def build(self, choice: Choice, **extra: Any) -> Any:
         """Build a nested component from a :class:`Choice` (for example a stage's optimizer)."""
         return self.trainer.build(choice, **extra)
-
-
-def resolve_device(name: str, world: distributed.World = distributed.SINGLE) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and world.active:
-        return torch.device("cuda", world.local_rank)
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BadInput(f"run.device: {name!r} was asked for but no CUDA device is available")
-    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -117,74 +82,49 @@ class Trainer:
     """Runs the schedule's phases step by step and fires the hooks.
 
     Build one with :meth:`from_config`; train with :meth:`fit`. Components are reachable as
-    attributes (``trainer.task``, ``trainer.model``, ``trainer.optimizer``, ``trainer.precision``,
-    ...) or with :meth:`component`.
+    attributes (``trainer.task``, ``trainer.model``, ``trainer.optimizer``, ``trainer.precision``)
+    or with :meth:`component`.
     """
 
-    # Components built up front, in this order; the rest are built when first asked for.
-    BUILD_ORDER = ("precision", "task", "schedule", "offload", "dynamics")
-
-    def __init__(
-        self,
-        config: Config,
-        *,
-        registry: Registry | None = None,
-        plugins: Iterable[Any] = (),
-    ):
+    def __init__(self, config: Config, *, registry: Registry | None = None, plugins: Iterable[Any] = ()):
         self.config = config
-        self.registry = registry or load_registry()
+        self.registry = registry or config.registry or load_registry()
         self.pm = self.registry.plugin_manager()
-        register(self.pm, step_mod, "phasetrain.step", "the kernel's real step")
-        self.guard = NonFiniteGuard()
-        register(self.pm, self.guard, "phasetrain.guard", "the kernel's non-finite guard")
-        self.fast = FastHooks(self.pm)
+        self._labels = {id(i.plugin): i.label for i in self.registry.plugins}
+        self._add(step_mod, "phasetrain.step", "the kernel's real step")
         for index, extra in enumerate(plugins):
             name = getattr(extra, "__name__", f"{type(extra).__name__}-{index}")
-            register(self.pm, extra, f"extra:{name}", f"plugin {name!r}")
-        self.fast.refresh()
+            self._add(extra, f"extra:{name}:{index}", f"plugin {name!r}")
+        self.hooks = FastHooks(self.pm)
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
-        dist_cfg = config.run.distributed
-        self.world = distributed.setup(dist_cfg.backend, dist_cfg.timeout_s, config.run.device)
-        seed_everything(config.run.seed + self.world.rank)
-        self.device = resolve_device(config.run.device, self.world)
         self.out_dir = Path(config.run.out_dir)
         self.state = TrainState()
         self.phase: Phase | None = None
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.optimizers: dict[str, Any] = {}
         self.lr_schedulers: dict[str, Any] = {}
         self.last_eval: dict[str, Any] = {}
-        self.stop_requested = False
         self.resumed_from: Path | None = None
-        # Optimizer and learning-rate schedule state from a checkpoint, applied when each
-        # optimizer is built (a stage's optimizer may not exist until its phase starts).
-        self.pending_state: dict[str, dict[str, Any]] = {"optimizers": {}, "lr_schedulers": {}}
+        self.outcome: Outcome | None = None
         self._components: dict[str, Any] = {}
-        for kind in self.BUILD_ORDER:
+        self._stop = self._save_now = False
+        self._rollback: Mapping[str, Any] | None = None
+        self._saved = self._evaluated = -1
+        self.strategy = self.component("strategy") or SingleProcess()
+        self.device = self.strategy.device(config.run.device)
+        seed_everything(config.run.seed + self.strategy.rank)
+        for kind in ("precision", "task", "schedule"):  # the model is initialised right after seeding
             self.component(kind)
         self.model: torch.nn.Module = self.task.model
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        # The module the real step runs: DDP all-reduces gradients in its backward.
-        self.train_model: torch.nn.Module = self.model
-        if self.world.active:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
-            if dist_cfg.check_every:
-                register(self.pm, distributed.ConsistencyCheck(dist_cfg.check_every), "phasetrain.consistency",
-                         "the kernel's cross-rank consistency check")
-                self.fast.refresh()
-        # Observers (logs, progress, files) run on rank 0 only.
-        self.observers = {} if not self.world.main else {
-            name: self._register(
-                self._make("observer", name, observer.options), f"observer:{name}", "observer", name
-            )
-            for name, observer in config.observers.items()
-            if observer.enabled
-        }
-
-    # -- construction ---------------------------------------------------------------------------
+        self.train_model: torch.nn.Module = self.strategy.wrap(self.model)  # what the real step runs
+        for kind in self.registry.kinds:
+            if kind not in ("optimizer", "lr_schedule"):
+                self.component(kind)
+        for phase in self.schedule.phases:
+            self._build_optimizer(phase)
+        self._evaluates = isinstance(self.task, Evaluates)
+        self.unscales = isinstance(self.precision, Unscales)
 
     @classmethod
     def from_config(
@@ -198,53 +138,84 @@ class Trainer:
 
         ``plugins`` are extra plugin objects for this run (hook recorders, or components that
         are not installed: wrap those in :func:`phasetrain.registry.plugin` so that their
-        ``phasetrain_components`` are registered too).
+        ``phasetrain_kinds`` and ``phasetrain_components`` are registered too).
         """
         plugins = list(plugins)
-        infos = [p for p in plugins if isinstance(p, PluginInfo)]
-        registry = load_registry(infos)
+        registry = load_registry([p for p in plugins if isinstance(p, PluginInfo)])
         if isinstance(source, Config):
-            config = source if not overrides else config_mod.build(
-                source.to_dict(), overrides=overrides, source=source.source, registry=registry
-            )
+            data, label = source.to_dict(), source.source
+            config = source if not overrides else config_mod.build(data, overrides=overrides, source=label, registry=registry)
         elif isinstance(source, Mapping):
             config = config_mod.build(source, overrides=overrides, registry=registry)
         else:
             config = config_mod.load(source, overrides, registry=registry)
-        hook_only = [p for p in plugins if not isinstance(p, PluginInfo)]
-        return cls(config, registry=registry, plugins=hook_only)
+        return cls(config, registry=registry, plugins=[p for p in plugins if not isinstance(p, PluginInfo)])
 
-    def _make(self, kind: str, name: str, options: Any, **extra: Any) -> Any:
-        component = self.registry.get(kind, name)
-        origin = self.registry.origin(kind, name)
-        try:
-            return component.factory(options, BuildContext(self, **extra))
-        except PhasetrainError:
-            raise
-        except Exception as exc:
-            raise PhasetrainError(
-                f"{kind} {name!r} from {origin.distribution} failed to build: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+    # -- construction ---------------------------------------------------------------------------
 
-    def _register(self, obj: Any, key: str, kind: str, name: str) -> Any:
-        if obj is not None and not self.pm.is_registered(obj):
-            origin = self.registry.origin(kind, name)
-            register(self.pm, obj, key, f"{kind} {name!r} from {origin.distribution}")
-            self.fast.refresh()
-        return obj
+    def _add(self, plugin: Any, name: str, label: str) -> None:
+        register(self.pm, plugin, name, label)
+        self._labels[id(plugin)] = label
+        if hasattr(self, "hooks"):
+            self.hooks.refresh()
 
     def build(self, choice: Choice, **extra: Any) -> Any:
         """Build a component from ``choice`` and register it with this run's hooks."""
-        obj = self._make(choice.kind, choice.use, choice.options, **extra)
-        return self._register(obj, f"{choice.kind}:{choice.use}:{id(obj)}", choice.kind, choice.use)
+        return self._make(choice.kind, choice.use, choice.options, **extra)
+
+    def _make(self, kind: str, name: str, options: Any, **extra: Any) -> Any:
+        origin = self.registry.origin(kind, name)
+        label = f"{kind} {name!r} from {origin.distribution} {origin.version}".rstrip()
+        try:
+            obj = self.registry.get(kind, name).factory(options, BuildContext(self, **extra))
+        except PhasetrainError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"{label} failed to build: {type(exc).__name__}: {exc}") from exc
+        protocol = self.registry.kinds[kind].protocol
+        if obj is not None and protocol is not None and not isinstance(obj, protocol):
+            raise PluginError(f"{label} built a {type(obj).__name__}, which lacks "
+                              f"{', '.join(missing(obj, protocol))} (see phasetrain.types.{protocol.__name__})")
+        if obj is not None and not self.pm.is_registered(obj):
+            self._add(obj, f"{kind}:{name}:{id(obj)}", label)
+        return obj
 
     def component(self, kind: str) -> Any:
-        """The run's component of ``kind``, built on first use; ``None`` if not configured."""
-        if kind not in self._components:
-            choice = self.config.section(kind)
-            self._components[kind] = None if choice is None else self.build(choice)
-        return self._components[kind]
+        """The run's component of ``kind``, built on first use; ``None`` if not configured (a
+        dict of them by name for a kind with many)."""
+        found = self._components.get(kind)
+        if found is _BUILDING:
+            raise PluginError(f"components depend on each other in a circle through {kind!r}")
+        if found is not None or kind in self._components:
+            return found
+        spec = self.registry.kind(kind)
+        section = self.config.sections.get(spec.key)
+        self._components[kind] = _BUILDING
+        try:
+            if spec.main_only and not self.strategy.main:
+                built = {} if spec.many else None
+            elif spec.many:
+                built = {n: self._make(kind, n, e.options) for n, e in (section or {}).items() if e.enabled}
+            else:
+                built = None if section is None else self.build(section)
+        finally:
+            self._components.pop(kind)
+        self._components[kind] = built
+        return built
+
+    def _build_optimizer(self, phase: Phase) -> None:
+        key = phase.optimizer_key
+        if key in self.optimizers:
+            return
+        choice = phase.optimizer or self.config.optimizer
+        if choice is None:
+            raise BadInput("no [optimizer] is configured and no installed plugin offers a default")
+        optimizer = self.optimizers[key] = self.build(choice, params=self.trainable)
+        lr_choice = phase.lr_schedule or (self.config.lr_schedule if key == "main" else None)
+        if lr_choice is not None:
+            schedule = self.schedule
+            steps = schedule.steps_of(phase) if isinstance(schedule, KnowsPhaseLengths) else self.config.run.steps
+            self.lr_schedulers[key] = self.build(lr_choice, optimizer=optimizer, steps=steps)
 
     @property
     def task(self) -> Any:
@@ -259,19 +230,15 @@ class Trainer:
         return self.component("precision")
 
     @property
-    def offload(self) -> Any:
-        return self.component("offload")
-
-    @property
-    def dynamics(self) -> Any:
-        return self.component("dynamics")
+    def observers(self) -> dict[str, Any]:
+        return self.component("observer")
 
     @property
     def step(self) -> int:
         return self.state.step
 
     @property
-    def optimizer(self) -> torch.optim.Optimizer:
+    def optimizer(self) -> Any:
         """The optimizer of the current phase."""
         return self.optimizers[self.phase.optimizer_key if self.phase else "main"]
 
@@ -279,115 +246,201 @@ class Trainer:
     def lr_scheduler(self) -> Any:
         return self.lr_schedulers.get(self.phase.optimizer_key if self.phase else "main")
 
-    def ensure_optimizer(self, phase: Phase) -> torch.optim.Optimizer:
-        """Build ``phase``'s optimizer and learning-rate schedule the first time it is needed."""
-        key = phase.optimizer_key
-        if key not in self.optimizers:
-            choice = phase.optimizer or self.config.optimizer
-            opt = self.build(choice, params=self.trainable)
-            self.optimizers[key] = opt
-            lr_choice = phase.lr_schedule or (self.config.lr_schedule if key == "main" else None)
-            if lr_choice is not None:
-                steps = getattr(self.schedule, "steps_of", lambda _p: self.config.run.steps)(phase)
-                self.lr_schedulers[key] = self.build(lr_choice, optimizer=opt, steps=steps)
-            # Saved state goes in after both are built: a scheduler's constructor writes the
-            # optimizer's learning rate, which the saved optimizer state must overrule.
-            if key in self.pending_state["optimizers"]:
-                opt.load_state_dict(self.pending_state["optimizers"].pop(key))
-            if key in self.pending_state["lr_schedulers"] and key in self.lr_schedulers:
-                self.lr_schedulers[key].load_state_dict(self.pending_state["lr_schedulers"].pop(key))
-        return self.optimizers[key]
+    # -- requests: hooks ask, the loop applies them between steps ----------------------------------
 
-    def rebuild_optimizers(self) -> None:
-        """Load pending saved state (after ``checkpoint.apply``) into optimizers already built."""
-        for key, optimizer in self.optimizers.items():
-            if key in self.pending_state["optimizers"]:
-                optimizer.load_state_dict(self.pending_state["optimizers"].pop(key))
-            if key in self.pending_state["lr_schedulers"] and key in self.lr_schedulers:
-                self.lr_schedulers[key].load_state_dict(self.pending_state["lr_schedulers"].pop(key))
+    def request_stop(self) -> None:
+        """Stop after the current step: the run evaluates, checkpoints and ends "interrupted"."""
+        self._stop = True
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop
+
+    @stop_requested.setter
+    def stop_requested(self, value: bool) -> None:  # the signal handler, and plugins of 0.1
+        self._stop = bool(value)
+
+    def request_checkpoint(self) -> None:
+        """Write a checkpoint after this step (on top of ``run.checkpoint_every``)."""
+        self._save_now = True
+
+    def request_rollback(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state`` (a ``state_dict()``, or a checkpoint's) after this step."""
+        self._rollback = state
 
     # -- the loop -------------------------------------------------------------------------------
 
     def enter_phase(self, phase: Phase) -> None:
+        if phase not in self.schedule.phases:
+            raise PluginError(f"schedule {self.config.schedule.use!r} returned phase {phase.name!r}, "
+                              "which its `phases` does not list")
         previous = self.phase
-        self.ensure_optimizer(phase)
+        if previous is not None or self.state.phase != phase.name:  # a resume continues its phase
+            self.state.phase_step = 0
         self.phase = phase
         self.state.phase = phase.name
-        self.state.phase_step = 0
         self.pm.hook.phase_enter(trainer=self, phase=phase, previous=previous)
 
     def fit(self) -> Outcome:
         """Train until ``run.steps`` (or a stop request) and return how the run ended."""
-        hook = self.pm.hook
-        run = self.config.run
-        schedule, model = self.schedule, self.model
-        model.train()
-        metrics: MutableMapping[str, Any] = {}
+        hooks, run, schedule, state = self.hooks, self.config.run, self.schedule, self.state
+        self.model.train()
+        metrics: Any = {}
         status, error = "completed", ""
-        started = time.perf_counter()
-        elapsed_before = self.state.elapsed
-        self._clock = (started, elapsed_before)
-        hook.train_start(trainer=self)
+        started, before = time.perf_counter(), state.elapsed
+        self._clock = (started, before)
         try:
-            while self.state.step < run.steps and not self._should_stop(metrics):
-                step = self.state.step
+            self.pm.hook.train_start(trainer=self)
+            while state.step < run.steps and not self._agree_stop():
+                step = state.step
                 phase = schedule.phase(self)
                 if phase is not self.phase:
                     self.enter_phase(phase)
-                fast = self.fast  # re-read: a phase entry may register new plugins
-                fast.pre_step(trainer=self, step=step)
-                metrics = fast.run_step(trainer=self, step=step, phase=phase)
-                self.state.step = step + 1
-                self.state.phase_step += 1
-                fast.post_step(trainer=self, step=step, metrics=metrics)
-                if run.eval_every and self.state.step % run.eval_every == 0:
+                hooks.pre_step(trainer=self, step=step)
+                first = state.batches
+                batches = self._fetch(first) if phase.real else ()
+                scheduler = self.lr_scheduler
+                epoch = getattr(scheduler, "last_epoch", None)
+                metrics = hooks.run_step(trainer=self, step=step, phase=phase, batches=batches)
+                if state.batches != first or getattr(scheduler, "last_epoch", None) != epoch:
+                    raise PluginError("a run_step implementation advanced the data position or stepped the "
+                                      "learning-rate schedule; since phasetrain 0.2 the loop does both (CHANGELOG.md)")
+                state.batches = first + len(batches)
+                if phase.real and scheduler is not None:
+                    scheduler.step()
+                state.step = step + 1
+                state.phase_step += 1
+                hooks.post_step(trainer=self, step=step, metrics=metrics)
+                if self._rollback is not None:
+                    self.load_state_dict(self._rollback)
+                    self._rollback = None
+                    continue
+                if run.eval_every and state.step % run.eval_every == 0:
                     self.evaluate()
-                if run.checkpoint_every and self.state.step % run.checkpoint_every == 0:
+                if self._save_now or (run.checkpoint_every and state.step % run.checkpoint_every == 0):
+                    self._save_now = False
                     self.save_checkpoint()
-            if self.stop_requested:
+            if self._stop:
                 status = "interrupted"
-            if not self.last_eval or self.last_eval.get("step") != self.state.step:
+            if self._evaluated != state.step:
                 self.evaluate()
-            self.save_checkpoint()
-        except PhasetrainError as exc:
-            status, error = "failed", str(exc)
-            raise
+            if self._saved != state.step:
+                self.save_checkpoint()
         except BaseException as exc:
-            status, error = ("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"), (
-                f"{type(exc).__name__}: {exc}"
-            )
-            raise
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            blamed = self._blame(exc)
+            error = str(blamed) or type(blamed).__name__
+            try:
+                self.pm.hook.train_error(trainer=self, step=state.step, error=blamed)
+            except Exception as late:  # reported, never in place of the first error
+                error += f" (and train_error failed: {type(late).__name__}: {late})"
+            if blamed is exc:
+                raise
+            raise blamed from exc
         finally:
-            self.state.elapsed = elapsed_before + time.perf_counter() - started
-            outcome = Outcome(
-                status=status,
-                steps=self.state.step,
-                seconds=self.state.elapsed,
-                metrics=step_mod.as_numbers(metrics),
-                eval=dict(self.last_eval),
-                error=error,
-            )
-            self.outcome = outcome
-            hook.train_end(trainer=self, outcome=outcome)
-        return outcome
+            state.elapsed = before + time.perf_counter() - started
+            self.outcome = Outcome(status, state.step, state.elapsed, step_mod.as_numbers(metrics),
+                                   dict(self.last_eval), error, str(self.out_dir))
+            self.pm.hook.train_end(trainer=self, outcome=self.outcome)
+        return self.outcome
 
-    def _should_stop(self, metrics: Mapping[str, Any]) -> bool:
-        # A signal may reach the ranks at different steps: they agree to stop at the same step.
-        # Steps marked ``predicted`` communicate nothing, so the agreement waits for a real one.
-        if self.world.active and not metrics.get("predicted"):
-            self.stop_requested = distributed.any_rank(self.stop_requested, self.device)
-        return self.stop_requested
+    def _fetch(self, first: int) -> list[Any]:
+        task, shard = self.task, self.strategy.shard
+        return [shard(task.batch(first + i)) for i in range(self.config.run.grad_accum_steps)]
+
+    def _agree_stop(self) -> bool:
+        # A signal may reach processes at different steps: they agree to stop at the same one,
+        # at a real step (steps of other phases exchange nothing).
+        if self.strategy.size > 1 and (self.phase is None or self.phase.real):
+            self._stop = self.strategy.any(self._stop)
+        return self._stop
+
+    def _blame(self, exc: BaseException) -> BaseException:
+        """``exc`` named after the plugin whose code raised it and the hook that was firing."""
+        if not isinstance(exc, Exception) or isinstance(exc, PhasetrainError):
+            return exc
+        owners: dict[Any, str] = {}
+        for plugin in self.pm.get_plugins():
+            label = self._labels.get(id(plugin), f"plugin {self.pm.get_name(plugin)!r}")
+            for _n, member in inspect.getmembers(plugin if inspect.ismodule(plugin) else type(plugin)):
+                code = getattr(inspect.unwrap(member), "__code__", None) if callable(member) else None
+                if code is not None and (not inspect.ismodule(plugin) or member.__module__ == plugin.__name__):
+                    owners.setdefault(code, label)
+        hooks = {inspect.unwrap(i.function).__code__: n for n, caller in vars(self.pm.hook).items()
+                 for i in caller.get_hookimpls()}
+        frames = [f.f_code for f, _ in _frames(exc.__traceback__)]
+        hook = next((hooks[c] for c in frames if c in hooks), None)
+        culprit = next((owners[c] for c in reversed(frames) if c in owners), None)
+        if hook is None and culprit is None:
+            return exc
+        where = f"in hook {hook}: " if hook else ""
+        who = f"{culprit} raised " if culprit else ""
+        return HookFailed(f"at step {self.state.step}, {where}{who}{type(exc).__name__}: {exc}")
 
     def evaluate(self) -> dict[str, Any]:
-        """Evaluate the task now, fire ``eval_end``, and return the metrics."""
+        """Evaluate the task now (``eval_start``, ``task.evaluate``, ``eval_end``); return the metrics."""
+        step = self.state.step
+        self.pm.hook.eval_start(trainer=self, step=step)
         self.model.eval()
-        with torch.no_grad():
-            results = dict(self.task.evaluate(self.model))
-        self.model.train()
-        results["step"] = self.state.step
-        self.pm.hook.eval_end(trainer=self, step=self.state.step, metrics=results)
-        self.last_eval = results
+        try:
+            with torch.no_grad():
+                results = dict(self.task.evaluate(self.model)) if self._evaluates else {}
+        finally:
+            self.model.train()
+        results["step"] = step
+        self.pm.hook.eval_end(trainer=self, step=step, metrics=results)
+        self.last_eval, self._evaluated = results, step
         return results
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run as if it had never stopped, as plain containers
+        of tensors (what a checkpoint holds). Every process takes part (RNGs are gathered)."""
+        plugins: dict[str, Any] = {}
+        for impl in reversed(self.pm.hook.checkpoint.get_hookimpls()):  # one by one: who wrote what
+            before = set(plugins)
+            impl.function(*[{"trainer": self, "state": plugins}[a] for a in impl.argnames])
+            for key in set(plugins) - before:
+                bad = not_plain(plugins[key])
+                if bad:
+                    label = self._labels.get(id(impl.plugin), repr(impl.plugin))
+                    raise TrainingFailed(
+                        f"{label} put {bad[1]} at {key}{'.' if bad[0] else ''}{bad[0]} into checkpoint state; "
+                        "checkpoints hold dicts, lists and tuples of tensors, numbers, strings and None")
+        return {
+            "model": self.model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "lr_schedulers": {k: s.state_dict() for k, s in self.lr_schedulers.items()},
+            "rng": {"per_rank": self.strategy.gather(rng_state())},
+            "trainer": attrs.asdict(self.state),
+            "plugins": plugins,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state`` (from :meth:`state_dict` or a checkpoint); ``restore`` fires.
+        A state that does not fit this run is a :class:`CheckpointError`."""
+        try:
+            per_rank = state["rng"]["per_rank"]
+            if len(per_rank) != self.strategy.size:
+                raise CheckpointError(f"the state was written by {len(per_rank)} process(es); this run has "
+                                      f"{self.strategy.size}")
+            self.model.load_state_dict(state["model"])
+            for key, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(state["optimizers"][key])
+            for key, scheduler in self.lr_schedulers.items():
+                scheduler.load_state_dict(state["lr_schedulers"][key])
+            counters = dict(state["trainer"])
+            if set(counters) != set(attrs.fields_dict(TrainState)):
+                raise CheckpointError(f"the saved counters are {sorted(counters)}, not those of a TrainState")
+            for key, value in counters.items():  # in place: the loop holds this object
+                setattr(self.state, key, value)
+            set_rng_state(per_rank[self.strategy.rank])
+        except PhasetrainError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(f"the saved state does not fit this run: {type(exc).__name__}: {exc}") from None
+        self.pm.hook.restore(trainer=self, state=state["plugins"])
 
     def resume(self, report: Any = print) -> Path:
         """Continue from the latest good checkpoint of ``run.out_dir``.
@@ -398,22 +451,35 @@ class Trainer:
         from phasetrain import checkpoint
 
         path, state, meta = checkpoint.latest_good(self.out_dir, report)
-        differing = config_mod.incompatible_keys(meta["config"], self.config.to_dict())
+        differing = config_mod.incompatible_keys(meta["config"], self.config)
         if differing:
-            raise BadInput(
-                f"cannot resume from {path}: the config differs in "
-                + ", ".join(differing)
-                + " (only run.steps, cadences, run.out_dir, run.device and observers may change)"
-            )
-        checkpoint.apply(self, state)
-        self.resumed_from = path
+            free = ", ".join(config_mod.resumable_keys(self.config))
+            raise BadInput(f"cannot resume from {path}: the config differs in {', '.join(differing)} "
+                           f"(only {free} may change)")
+        self.load_state_dict(state)
+        self.resumed_from, self._saved = path, self.state.step
         return path
 
-    def save_checkpoint(self) -> Path | None:
+    def save_checkpoint(self) -> Path:
         """Write a checkpoint of the whole run (see :mod:`phasetrain.checkpoint`)."""
         from phasetrain import checkpoint
 
         clock = getattr(self, "_clock", None)
         if clock is not None:  # checkpoints carry the training time so far, across resumes
             self.state.elapsed = clock[1] + time.perf_counter() - clock[0]
-        return checkpoint.save(self)
+        state = self.state_dict()
+        step = self.state.step
+        self.pm.hook.save_start(trainer=self, step=step, state=state)
+        bad = not_plain(state)
+        if bad:
+            raise TrainingFailed(f"save_start left {bad[1]} at {bad[0]} in the checkpoint state")
+        path = checkpoint.save(self, state)
+        self._saved = step
+        self.pm.hook.save_end(trainer=self, step=step, path=path)
+        return path
+
+
+def _frames(tb: Any) -> Iterable[tuple[Any, int]]:
+    while tb is not None:
+        yield tb.tb_frame, tb.tb_lineno
+        tb = tb.tb_next

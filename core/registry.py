@@ -1,15 +1,17 @@
-"""Component kinds, the plugin registry, and loading of the ``phasetrain`` entry-point group.
+"""Kinds, components, and loading of the ``phasetrain`` entry-point group.
 
 A *plugin* is any object with pluggy hook implementations; installed plugins are found through
-the ``phasetrain`` entry-point group (phasetrain's own built-ins are declared there too, in its
-pyproject.toml). A plugin contributes *components* through the ``phasetrain_components`` hook;
-a component is one named, configurable implementation of a kind, chosen in a config with
-``use = "name"``.
+the ``phasetrain`` entry-point group (phasetrain's own built-ins are declared there too). A
+plugin declares *kinds* (``phasetrain_kinds``: a new section of the config, such as a pruner)
+and contributes *components* (``phasetrain_components``: one named implementation of a kind,
+chosen with ``use = "name"``). The kernel declares only the kinds its loop calls.
 
 We load entry points ourselves instead of calling ``PluginManager.load_setuptools_entrypoints``
 because pluggy cannot filter by distribution (``PHASETRAIN_DISABLE_PLUGIN_AUTOLOAD``) and does
-not say which distribution a broken entry point came from; the plugins are still registered with
-and called through pluggy.
+not say which distribution a broken entry point came from. A plugin that fails to load, or whose
+contributions clash with another's, is kept aside as *broken*: ``phasetrain plugins`` lists it
+with its error, every other command warns once and goes on, and only a run that uses one of its
+names fails (exit 2, naming it).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import os
-from collections.abc import Callable, Iterable, Mapping
+import re
+import warnings
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -30,19 +34,52 @@ GROUP = "phasetrain"
 DISTRIBUTION = "phasetrain"
 AUTOLOAD_ENV = "PHASETRAIN_DISABLE_PLUGIN_AUTOLOAD"
 
-#: Every kind of component a config section can choose, with what its factory returns.
-KINDS: Mapping[str, str] = {
-    "task": "the model, its batches, its loss and its evaluation",
-    "optimizer": "a torch.optim.Optimizer over the given parameters",
-    "lr_schedule": "a torch.optim.lr_scheduler scheduler for an optimizer",
-    "schedule": "which phase runs at each step",
-    "dynamics": "predicted weight deltas, loss and confidence for predicted steps",
-    "precision": "dtype, autocast and loss scaling",
-    "offload": "where optimizer state lives in each phase",
-    "residual": "a PDE residual with its conditions, domain and exact solution",
-    "sampler": "collocation points for a PINN",
-    "observer": "a logger or monitor that only listens to hooks",
-}
+
+class PluginWarning(UserWarning):
+    """A plugin is broken; what does not use it goes on."""
+
+
+@attrs.frozen
+class Kind:
+    """A kind of component: one section of the config (or a table of them, when ``many``).
+
+    ``protocol`` is the ``typing.Protocol`` its objects follow (checked when one is built);
+    ``required`` means a config must choose one; ``main_only`` builds them on the main process
+    only (loggers); ``resumable`` lets the section change on ``--resume``; ``contracts`` names
+    the module holding the conformance kit's contracts for the kind (imported by the kit only).
+    """
+
+    name: str
+    summary: str
+    protocol: type | None = None
+    many: bool = False
+    section: str = ""  # the config section; "" means the kind's name
+    required: bool = False
+    main_only: bool = False
+    resumable: bool = False
+    contracts: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.section or self.name
+
+
+def kernel_kinds() -> tuple[Kind, ...]:
+    """The kinds the kernel's loop calls (built on first use: the protocols import torch)."""
+    from phasetrain import types
+
+    return (
+        Kind("task", "the model, its batches, its loss and its evaluation", types.Task, required=True),
+        Kind("optimizer", "a torch.optim.Optimizer over the trainable parameters", types.Optimizer,
+             contracts="phasetrain.testing.optimizer"),
+        Kind("lr_schedule", "a learning-rate scheduler for an optimizer", types.LrSchedule),
+        Kind("schedule", "which phase runs at each step", types.Schedule),
+        Kind("precision", "dtype, autocast and loss scaling", types.Precision, contracts="phasetrain.testing.precision"),
+        Kind("strategy", "how the model is wrapped and work is split across processes", types.Strategy,
+             resumable=True),
+        Kind("observer", "a logger or monitor that only listens to hooks", many=True, section="observers",
+             main_only=True, resumable=True, contracts="phasetrain.testing.observer"),
+    )
 
 
 @attrs.define(frozen=True)
@@ -55,30 +92,29 @@ class Component:
     """One named implementation of a kind.
 
     ``factory(options, ctx)`` builds the component from an instance of ``config`` (an attrs
-    class whose fields are the keys a config section may set) and a :class:`BuildContext`.
-    The built object is registered with the run's plugin manager, so any hook it implements fires.
+    class whose fields are the keys a config section may set) and a ``BuildContext``. The built
+    object is registered with the run's plugin manager, so any hook it implements fires.
+    ``default`` makes it the component of its kind when a config does not choose one.
     """
 
-    kind: str = attrs.field()
+    kind: str
     name: str
     factory: Callable[[Any, Any], Any]
     config: type = NoOptions
     summary: str = ""
-
-    @kind.validator
-    def _known_kind(self, _attribute: Any, value: str) -> None:
-        if value not in KINDS:
-            raise ValueError(f"unknown component kind {value!r}; kinds are {', '.join(KINDS)}")
+    default: bool = False
 
 
 @attrs.frozen
 class PluginInfo:
-    """An installed plugin: the entry point, the object it loaded, and where it came from."""
+    """An installed plugin: the entry point, the object it loaded, and where it came from.
+    ``error`` is why it is broken (then ``plugin`` is None or not registered)."""
 
     name: str
     plugin: Any = attrs.field(repr=False, eq=False)
     distribution: str
     version: str
+    error: str = ""
 
     @property
     def builtin(self) -> bool:
@@ -86,7 +122,7 @@ class PluginInfo:
 
     @property
     def label(self) -> str:
-        return f"plugin {self.name!r} from {self.distribution} {self.version}"
+        return f"plugin {self.name!r} from {self.distribution} {self.version}".rstrip()
 
 
 @attrs.frozen
@@ -102,52 +138,118 @@ def _normalise(name: str) -> str:
 
 
 class Registry:
-    """The installed plugins and every component and preset they contribute."""
+    """The installed plugins and every kind, component and preset they contribute."""
 
     def __init__(self, plugins: Iterable[PluginInfo]):
-        self.plugins: list[PluginInfo] = list(plugins)
+        self.plugins: list[PluginInfo] = []
+        self.broken: list[PluginInfo] = []
+        self.kinds: dict[str, Kind] = {k.name: k for k in kernel_kinds()}
+        self._kind_origin: dict[str, PluginInfo] = {}
         self._components: dict[tuple[str, str], Registered] = {}
+        self._conflicts: dict[tuple[str, str], str] = {}
         self._presets: dict[str, tuple[Any, PluginInfo]] = {}
-        pm = self.plugin_manager()
-        for info in self.plugins:
-            impl = _impl_of(pm, "phasetrain_components", info)
-            for component in (impl() if impl else None) or ():
+        pm = pluggy.PluginManager(hookspecs.PROJECT)
+        pm.add_hookspecs(hookspecs)
+        ok = []
+        for info in plugins:
+            if info.error:
+                self.broken.append(info)
+                continue
+            try:
+                pm.register(info.plugin, name=f"{info.distribution}:{info.name}")
+                pm.check_pending()
+            except (pluggy.PluginValidationError, ValueError) as exc:
+                if pm.is_registered(info.plugin):
+                    pm.unregister(info.plugin)
+                self.broken.append(attrs.evolve(info, error=_first_line(exc)))
+                continue
+            ok.append(info)
+        asked = [(info, self._ask(pm, info)) for info in ok]
+        for info, answers in asked:  # kinds first: components may be of a kind declared later
+            if answers is not None:
+                for kind in answers[0]:
+                    self._add_kind(kind, info)
+        for info, answers in asked:
+            if answers is None:
+                continue
+            bad = [c for c in answers[1] if not isinstance(c, Component) or c.kind not in self.kinds]
+            if bad:
+                self._break(info, _describe_bad(bad[0], self.kinds))
+                continue
+            self.plugins.append(info)
+            for component in answers[1]:
                 self._add(component, info)
-            impl = _impl_of(pm, "phasetrain_presets", info)
-            for name, path in ((impl() if impl else None) or {}).items():
+            for name, path in answers[2].items():
                 if name in self._presets:
                     other = self._presets[name][1]
-                    raise PluginError(
-                        f"preset {name!r} is offered twice: by {other.label} and by {info.label}"
-                    )
+                    warnings.warn(f"preset {name!r} is offered by {other.label} and by {info.label}; "
+                                  f"using the first", PluginWarning, stacklevel=2)
+                    continue
                 self._presets[name] = (path, info)
+        self.plugins.sort(key=lambda p: (not p.builtin, p.distribution, p.name))
+
+    def _ask(self, pm: pluggy.PluginManager, info: PluginInfo) -> tuple[list, list, dict] | None:
+        """The plugin's kinds, components and presets; a plugin whose hooks raise is broken."""
+        try:
+            found = []
+            for hook in ("phasetrain_kinds", "phasetrain_components", "phasetrain_presets"):
+                impl = next((i for i in getattr(pm.hook, hook).get_hookimpls() if i.plugin is info.plugin), None)
+                found.append((impl.function() if impl else None) or ({} if hook == "phasetrain_presets" else []))
+            return list(found[0]), list(found[1]), dict(found[2])
+        except Exception as exc:  # foreign code: any failure makes the plugin broken, nothing else
+            self._break(info, f"{type(exc).__name__}: {exc}")
+            return None
+
+    def _break(self, info: PluginInfo, error: str) -> None:
+        self.broken.append(attrs.evolve(info, error=error))
+
+    def _add_kind(self, kind: Kind, info: PluginInfo) -> None:
+        if not isinstance(kind, Kind):
+            return self._break(info, f"phasetrain_kinds returned {kind!r}; expected phasetrain.registry.Kind objects")
+        if kind.name in self.kinds:
+            other = self._kind_origin.get(kind.name)
+            where = other.label if other else "the phasetrain kernel"
+            return self._break(info, f"declares kind {kind.name!r}, which {where} already declares")
+        self.kinds[kind.name] = kind
+        self._kind_origin[kind.name] = info
 
     def _add(self, component: Component, info: PluginInfo) -> None:
-        if not isinstance(component, Component):
-            raise PluginError(
-                f"{info.label} returned {component!r} from phasetrain_components; "
-                "expected phasetrain.registry.Component objects"
-            )
         key = (component.kind, component.name)
-        if key in self._components:
-            other = self._components[key].origin
-            raise PluginError(
-                f"{component.kind} {component.name!r} is registered twice: by {other.label} "
-                f"and by {info.label}; uninstall one of them"
-            )
-        self._components[key] = Registered(component, info)
+        if key in self._conflicts:
+            self._conflicts[key] += f" and by {info.label}"
+        elif key in self._components:
+            other = self._components.pop(key).origin
+            self._conflicts[key] = f"{component.kind} {component.name!r} is registered twice: by {other.label} and by {info.label}"
+        else:
+            self._components[key] = Registered(component, info)
 
     # -- look-ups -------------------------------------------------------------------------------
+
+    def kind(self, name: str) -> Kind:
+        if name not in self.kinds:
+            raise UnknownComponent("kind", name, self.kinds)
+        return self.kinds[name]
 
     def get(self, kind: str, name: str) -> Component:
         """The component of ``kind`` called ``name``; an error lists the available names."""
         found = self._components.get((kind, name))
-        if found is None:
-            raise UnknownComponent(kind, name, self.names(kind))
-        return found.component
+        if found is not None:
+            return found.component
+        if (kind, name) in self._conflicts:
+            raise PluginError(self._conflicts[(kind, name)] + "; uninstall one of them")
+        hint = "".join(f"; {b.label} is broken ({b.error}) and may provide it" for b in self.broken)
+        raise UnknownComponent(kind, name, self.names(kind), hint)
+
+    def default(self, kind: str) -> str | None:
+        """The name of the component marked ``default`` for ``kind``, if one is."""
+        names = [n for (k, n), r in self._components.items() if k == kind and r.component.default]
+        return sorted(names)[0] if names else None
 
     def origin(self, kind: str, name: str) -> PluginInfo:
         return self._components[(kind, name)].origin
+
+    def kind_origin(self, kind: str) -> PluginInfo | None:
+        return self._kind_origin.get(kind)
 
     def names(self, kind: str) -> list[str]:
         return sorted(n for k, n in self._components if k == kind)
@@ -155,13 +257,22 @@ class Registry:
     def components(self) -> list[Registered]:
         return [self._components[key] for key in sorted(self._components)]
 
+    def conflicts(self) -> list[str]:
+        return list(self._conflicts.values())
+
     def presets(self) -> dict[str, tuple[Any, PluginInfo]]:
         return dict(sorted(self._presets.items()))
+
+    def warn_broken(self) -> None:
+        for info in self.broken:
+            warnings.warn(f"{info.label} is broken and was skipped: {info.error}", PluginWarning, stacklevel=2)
+        for text in self.conflicts():
+            warnings.warn(f"{text}; neither is used", PluginWarning, stacklevel=2)
 
     # -- plugin managers ------------------------------------------------------------------------
 
     def plugin_manager(self) -> pluggy.PluginManager:
-        """A fresh plugin manager with every installed plugin registered and checked.
+        """A fresh plugin manager with every working plugin registered and checked.
 
         Each run gets its own manager, so components registered for one run never hear another
         run's hooks.
@@ -169,44 +280,46 @@ class Registry:
         pm = pluggy.PluginManager(hookspecs.PROJECT)
         pm.add_hookspecs(hookspecs)
         for info in self.plugins:
-            register(pm, info.plugin, info.name, info.label)
-        try:
-            pm.check_pending()
-        except pluggy.PluginValidationError as exc:
-            raise PluginError(f"{_owner(self.plugins, exc.plugin)}: {exc}") from None
+            register(pm, info.plugin, f"{info.distribution}:{info.name}", info.label)
         return pm
+
+    def label_of(self, plugin: Any) -> str:
+        """Who a registered plugin object is, for error messages."""
+        for info in self.plugins:
+            if info.plugin is plugin:
+                return info.label
+        return f"plugin {getattr(plugin, '__name__', type(plugin).__name__)!r}"
+
+
+def _describe_bad(component: Any, kinds: Iterable[str]) -> str:
+    if not isinstance(component, Component):
+        return f"phasetrain_components returned {component!r}; expected phasetrain.registry.Component objects"
+    return (f"component {component.name!r} is of unknown kind {component.kind!r} (kinds: {', '.join(kinds)}); "
+            "a new kind is declared with the phasetrain_kinds hook")
+
+
+def _first_line(exc: Exception) -> str:
+    """pluggy's message in one line, without object reprs: ``unknown hook 'post_stp'``, or
+    ``hook 'post_step': Argument(s) {'bogus'} are declared in the hookimpl but ...``."""
+    lines = str(exc).splitlines() or [type(exc).__name__]
+    hook = re.search(r"for hook '(\w+)'", lines[0])
+    if hook:
+        return f"hook {hook.group(1)!r}: {lines[-1]}"
+    return re.sub(r" in plugin <.*$", "", lines[0])
 
 
 def register(pm: pluggy.PluginManager, plugin: Any, name: str, label: str) -> None:
     """Register ``plugin`` with ``pm``; a hook that does not fit its spec is a PluginError."""
     try:
         pm.register(plugin, name=name)
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"{label}: {exc}") from None
-    except ValueError as exc:  # the same object or name registered twice
-        raise PluginError(f"{label}: {exc}") from None
-
-
-def _impl_of(pm: pluggy.PluginManager, hook: str, info: PluginInfo) -> Callable[[], Any] | None:
-    for impl in getattr(pm.hook, hook).get_hookimpls():
-        if impl.plugin is info.plugin:
-            return impl.function
-    return None
-
-
-def _owner(plugins: Iterable[PluginInfo], plugin: Any) -> str:
-    for info in plugins:
-        if info.plugin is plugin:
-            return info.label
-    return f"plugin {plugin!r}"
+        pm.check_pending()
+    except (pluggy.PluginValidationError, ValueError) as exc:
+        raise PluginError(f"{label}: {_first_line(exc)}") from None
 
 
 def discover(autoload: bool | None = None) -> list[PluginInfo]:
-    """Load the ``phasetrain`` entry points; with autoload off, only phasetrain's own.
-
-    A plugin that fails to import is a :class:`PluginError` naming the entry point, its
-    distribution and version, and the cause.
-    """
+    """Load the ``phasetrain`` entry points; with autoload off, only phasetrain's own. One that
+    fails to import comes back with ``error`` set, naming its distribution and the cause."""
     if autoload is None:
         autoload = os.environ.get(AUTOLOAD_ENV, "") in ("", "0")
     found: list[PluginInfo] = []
@@ -214,29 +327,25 @@ def discover(autoload: bool | None = None) -> list[PluginInfo]:
     for dist in importlib.metadata.distributions():
         dist_name = dist.metadata["Name"] or "unknown"
         for ep in dist.entry_points:
-            if ep.group != GROUP:
-                continue
             key = (_normalise(dist_name), ep.name)
-            if key in seen:  # the same distribution seen twice on sys.path
+            if ep.group != GROUP or key in seen:  # the same distribution may be seen twice on sys.path
                 continue
             seen.add(key)
             if not autoload and key[0] != DISTRIBUTION:
                 continue
             try:
-                plugin = ep.load()
+                found.append(PluginInfo(ep.name, ep.load(), dist_name, dist.version))
             except Exception as exc:  # any import failure of foreign code
-                raise PluginError(
-                    f"entry point {ep.name!r} ({ep.value}) of distribution {dist_name} "
-                    f"{dist.version} failed to load: {type(exc).__name__}: {exc}"
-                ) from exc
-            found.append(PluginInfo(ep.name, plugin, dist_name, dist.version))
-    found.sort(key=lambda p: (not p.builtin, p.distribution, p.name))
+                error = f"entry point {ep.value} failed to load: {type(exc).__name__}: {exc}"
+                found.append(PluginInfo(ep.name, None, dist_name, dist.version, error))
     return found
 
 
 @functools.lru_cache(maxsize=2)
 def _cached(autoload: bool) -> Registry:
-    return Registry(discover(autoload))
+    registry = Registry(discover(autoload))
+    registry.warn_broken()
+    return registry
 
 
 def load_registry(extra: Iterable[PluginInfo] = ()) -> Registry:

@@ -1,35 +1,32 @@
-"""The kernel's real training step, as a ``trylast`` implementation of ``run_step``.
+"""The kernel's real step, as a ``trylast`` implementation of ``run_step``.
 
 It is registered like any plugin, so a plugin that handles a phase differently answers
-``run_step`` first and this one never runs for that phase.
+``run_step`` first and this one never runs for that phase. The loop hands it the step's
+micro-batches; it hands a closure to the precision policy, which runs it through the optimizer.
+The closure is re-entrant: closure-based optimizers such as L-BFGS may call it several times,
+always on the same micro-batches.
 
-A step fetches ``run.grad_accum_steps`` micro-batches (the data position advances by that many),
-then hands a closure to the precision policy, which runs it through the optimizer. The closure
-is re-entrant: closure-based optimizers such as L-BFGS may call it several times, always on the
-same micro-batches.
-
-Non-finite guard: after backward, the closure checks that the loss and the gradient norm are
-finite (the gradients are left to the policy when it ``handles_overflow``, as fp16 loss scaling
-does). If not, it raises before the optimizer touches anything, so a NaN or inf is never
+Inside the closure, after backward of every micro-batch: the policy unscales the gradients (if
+it scales them), the loss and gradients are checked to be finite, and ``after_backward`` fires.
+A non-finite loss or gradient raises before the optimizer touches anything, so it is never
 applied; for closure optimizers, which may have moved the weights inside a line search, the
-weights and optimizer state are put back. The step then reports ``nonfinite = 1``; the
-:class:`phasetrain.guard.NonFiniteGuard` decides what happens next.
+weights and optimizer state are put back. The step then reports ``nonfinite = 1``; what happens
+next is the ``[nonfinite]`` plugin's policy.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from phasetrain.distributed import mean_tensor_across_ranks, shard
 from phasetrain.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from phasetrain.loop import Phase, Trainer
+    from phasetrain.loop import Trainer
+    from phasetrain.types import Phase
 
 
 class NonFiniteStep(Exception):
@@ -43,7 +40,7 @@ class NonFiniteStep(Exception):
 _FLAGS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _finite(loss: torch.Tensor, params: list[torch.Tensor], check_grads: bool) -> bool:
+def finite(loss: torch.Tensor, params: list[torch.Tensor], check_grads: bool) -> bool:
     """True when ``loss`` (and, if asked, every gradient) is finite.
 
     Uses the fused check that torch's GradScaler uses (one kernel per device and dtype, scale 1,
@@ -67,34 +64,35 @@ def _finite(loss: torch.Tensor, params: list[torch.Tensor], check_grads: bool) -
 
 
 @hookimpl(trylast=True)
-def run_step(trainer: Trainer, step: int, phase: Phase) -> dict[str, Any]:
-    task, model, precision = trainer.task, trainer.train_model, trainer.precision
-    optimizer = trainer.optimizer
-    accum = trainer.config.run.grad_accum_steps
-    first = trainer.state.batches
-    batches = [task.batch(first + i) for i in range(accum)]
-    world = trainer.world
-    if world.active:  # every rank made the same global batch; each trains on its slice
-        batches = [shard(b, world) for b in batches]
-    trainer.state.batches = first + accum
-    params = trainer.trainable
-    check_grads = not getattr(precision, "handles_overflow", False)
+def run_step(trainer: Trainer, step: int, phase: Phase, batches: Sequence[Any]) -> dict[str, Any]:
+    task, model, precision, strategy = trainer.task, trainer.train_model, trainer.precision, trainer.strategy
+    optimizer, params, hooks = trainer.optimizer, trainer.trainable, trainer.hooks
+    accum = len(batches)
+    last = accum - 1
+    unscale = precision.unscale if trainer.unscales else None
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         total = None
         for i, batch in enumerate(batches):
-            # DDP all-reduces in backward; with accumulation only the last micro-batch's does
-            sync = world.active and accum > 1 and i < accum - 1
-            with model.no_sync() if sync else contextlib.nullcontext():
+            if i < last:  # gradients of the earlier micro-batches are not exchanged yet
+                with strategy.no_sync(model):
+                    with precision.autocast():
+                        loss = task.loss(model, batch)
+                    loss = loss / accum
+                    precision.backward(loss)
+            else:
                 with precision.autocast():
                     loss = task.loss(model, batch)
                 if accum > 1:
                     loss = loss / accum
                 precision.backward(loss)
             total = loss.detach() if total is None else total + loss.detach()
-        if not _finite(total, params, check_grads):
+        if unscale is not None:
+            unscale(optimizer)
+        if not finite(total, params, not precision.handles_overflow):
             raise NonFiniteStep(total)
+        hooks.after_backward(trainer=trainer, step=step, optimizer=optimizer, micro_batches=accum)
         return total
 
     needs_closure = getattr(optimizer, "requires_closure", False)
@@ -102,23 +100,16 @@ def run_step(trainer: Trainer, step: int, phase: Phase) -> dict[str, Any]:
         saved = ([p.detach().clone() for p in params], copy.deepcopy(optimizer.state_dict()))
     try:
         loss = precision.step(optimizer, closure)
-        nonfinite = 0
+        metrics = {"loss": loss, "lr": optimizer.param_groups[0]["lr"]}
     except NonFiniteStep as bad:
-        loss, nonfinite = bad.loss, 1
+        metrics = {"loss": bad.loss, "lr": optimizer.param_groups[0]["lr"], "nonfinite": 1}
         optimizer.zero_grad(set_to_none=True)
         if needs_closure:
             with torch.no_grad():
-                for p, value in zip(params, saved[0], strict=True):
-                    p.copy_(value)
+                torch._foreach_copy_(params, saved[0])
             optimizer.load_state_dict(saved[1])
-    if world.active:  # report the global batch's loss, not this rank's slice
-        loss = mean_tensor_across_ranks(loss)
-    scheduler = trainer.lr_scheduler
-    if scheduler is not None:
-        scheduler.step()
-    metrics = {"loss": loss, "lr": optimizer.param_groups[0]["lr"]}
-    if nonfinite:
-        metrics["nonfinite"] = 1
+    if strategy.size > 1:  # report the global batch's loss, not this process's part
+        metrics["loss"] = strategy.mean(metrics["loss"])
     return metrics
 
 

@@ -28,10 +28,9 @@ from typing import Any
 import attrs
 
 from phasetrain import config as config_mod
-from phasetrain.registry import KINDS, Registry, discover
+from phasetrain.registry import Registry, discover
 
 COMMAND = ".venv/bin/python -m phasetrain.plugins.docgen > docs/configuration.md"
-OPTIONAL_KINDS = ("dynamics", "residual", "sampler")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,33 +228,106 @@ def render(registry: Registry | None = None) -> str:
         *options_table(config_mod.RunConfig),
         "",
     ]
-    for kind, what in KINDS.items():
-        names = registry.names(kind)
-        if kind == "observer":
-            heading = "## observers (`[observers.NAME]`)"
-            on = ", ".join(f"`{n}`" for n in config_mod.OBSERVER_DEFAULTS)
-            default = (f"Several observers may listen at once, each under its own name. On by default: {on}; "
-                       "every observer also takes `enabled = false` to switch it off.")
+    for kind in registry.kinds.values():
+        names = registry.names(kind.name)
+        origin = registry.kind_origin(kind.name)
+        by = f" Declared by the `{origin.name}` plugin." if origin else ""
+        if kind.many:
+            heading = f"## {kind.name} (`[{kind.key}.NAME]`)"
+            on = ", ".join(f"`{n}`" for n in config_mod.MANY_DEFAULTS.get(kind.key, {})) or "none"
+            default = (f"Several may be on at once, each under its own name. On by default: {on}; "
+                       "each also takes `enabled = false` to switch it off.")
         else:
-            heading = f"## {kind} (`[{kind}]`)"
-            chosen = config_mod.SECTION_DEFAULTS.get(kind, {}).get("use")
+            heading = f"## {kind.name} (`[{kind.key}]`)"
+            chosen = registry.default(kind.name)
             if chosen:
                 default = f"Default: `use = \"{chosen}\"`."
-            elif kind in OPTIONAL_KINDS:
-                default = "Absent unless a config chooses one."
-            else:
+            elif kind.required:
                 default = "Required: a config must choose one."
-        out += [heading, "", f"{what[0].upper()}{what[1:]}. {default}", ""]
+            else:
+                default = "Absent unless a config chooses one."
+        what = kind.summary
+        out += [heading, "", f"{what[0].upper()}{what[1:]}. {default}{by}", ""]
         if not names:
             out += ["No built-in component of this kind.", ""]
         for name in names:
-            component = registry.get(kind, name)
-            out += component_section(kind, name, component, registry.origin(kind, name).name)
+            component = registry.get(kind.name, name)
+            out += component_section(kind.name, name, component, registry.origin(kind.name, name).name)
+    return "\n".join(out).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# docs/hooks.md, from phasetrain.hookspecs
+# ---------------------------------------------------------------------------------------------
+
+HOOKS_COMMAND = ".venv/bin/python -m phasetrain.plugins.docgen hooks > docs/hooks.md"
+
+
+def _rst_to_md(text: str) -> str:
+    """Docstring markup as Markdown: ``code`` -> `code`, :class:`x` -> `x`."""
+    text = re.sub(r":(?:class|func|meth|mod):`~?([^`]+)`", r"`\1`", text)
+    return text.replace("``", "`")
+
+
+def hook_signature(name: str) -> str:
+    from phasetrain import hookspecs
+
+    return f"{name}{inspect.signature(getattr(hookspecs, name))}".replace("'", "")
+
+
+def render_hooks() -> str:
+    """The hook reference as Markdown: the protocol, then every hook in the order of
+    ``hookspecs``, under its group banner, with its exact signature and its docstring."""
+    from phasetrain import hookspecs
+
+    source = inspect.getsource(hookspecs)
+    module_doc = inspect.getdoc(hookspecs) or ""
+    lines = module_doc.split("::", 1)[1].splitlines()[1:]
+    end = next((i for i, line in enumerate(lines) if line.strip() and not line.startswith(" ")), len(lines))
+    block = textwrap.dedent("\n".join(lines[:end])).strip("\n")
+    rest = "\n".join(lines[end:])
+    out = [
+        "# Hook reference",
+        "",
+        f"<!-- Generated from core/hookspecs.py by `python -m phasetrain.plugins.docgen hooks`; do not edit by hand.",
+        f"     Regenerate with: {HOOKS_COMMAND} -->",
+        "",
+        "Every hook phasetrain fires, with its exact signature and contract, generated from",
+        "`core/hookspecs.py`. Implement a hook by decorating a function or method named like it with",
+        "`@phasetrain.hookimpl`; an implementation may take any subset of the arguments, and",
+        "`tryfirst=True` / `trylast=True` move it to the front or back of the call order.",
+        "",
+        "## The protocol of one run",
+        "",
+        "```",
+        block.rstrip(),
+        "```",
+        "",
+        _rst_to_md(textwrap.dedent(rest).strip()),
+        "",
+    ]
+    group = None
+    banner = re.compile(r"^# -{20,}\n# (.+)\n# -{20,}\n", re.M)
+    groups = [(m.start(), m.group(1)) for m in banner.finditer(source)]
+    for match in re.finditer(r"^@hookspec(?:\((.*?)\))?\ndef (\w+)\(", source, re.M):
+        options, name = match.group(1) or "", match.group(2)
+        current = [title for start, title in groups if start < match.start()][-1]
+        if current != group:
+            group = current
+            out += [f"# {group}", ""]
+        doc = inspect.getdoc(getattr(hookspecs, name)) or ""
+        first = "Stops at the first non-`None` result (`firstresult`). " if "firstresult" in options else ""
+        out += [f"## `{hook_signature(name)}`", ""]
+        if first:
+            out += [f"*{first.strip()}*", ""]
+        out += [_rst_to_md(doc), ""]
     return "\n".join(out).rstrip() + "\n"
 
 
 def main() -> None:
-    print(render(), end="")
+    import sys
+
+    print(render_hooks() if sys.argv[1:] == ["hooks"] else render(), end="")
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def onecycle(o: OneCycleOptions, ctx: Any) -> Any:
 @hookimpl
 def phasetrain_components() -> list[Component]:
     return [
-        Component("lr_schedule", "constant", constant, ConstantOptions, "constant lr, optional warm-up"),
+        Component("lr_schedule", "constant", constant, ConstantOptions, "constant lr, optional warm-up", default=True),
         Component("lr_schedule", "cosine", cosine, CosineOptions, "cosine decay to min_lr_ratio, optional warm-up"),
         Component("lr_schedule", "step", step, StepOptions, "multiply by gamma every step_size steps"),
         Component("lr_schedule", "exponential", exponential, ExponentialOptions, "multiply by gamma every step"),

@@ -178,8 +178,6 @@ class JsonlMetrics:
         done = step + 1
         if self._file is None or (done % self.every and done != self.total):
             return
-        if trainer.state.step != done:
-            return  # a plugin rolled the run back during this post_step: the step is undone
         self._write("train", done, trainer.state.phase, _train_fields(metrics))
         self._last_train = done
 

@@ -13,7 +13,7 @@ in a ``tryfirst`` ``post_step``, so the loggers (``trylast``) write them like an
 =================  =================================================================
 
 ``warn_fraction`` prints one warning the first time ``mem_used_frac`` reaches it;
-``emergency_fraction`` writes a checkpoint (``trainer.save_checkpoint()``) once and warns, so a
+``emergency_fraction`` asks for a checkpoint after the step (``trainer.request_checkpoint()``) once and warns, so a
 run about to run out of memory leaves a recent checkpoint behind. Either is off at 0.
 
 Without an NVIDIA GPU (a CPU run, no ``nvidia-ml-py``, or NVML failing) it prints one line that
@@ -38,7 +38,6 @@ import torch
 
 from phasetrain import Component, hookimpl
 from phasetrain.config import FieldValueError, non_negative, probability
-from phasetrain.errors import PhasetrainError
 
 MB = 1024.0 * 1024.0
 
@@ -240,6 +239,11 @@ class MemoryMonitor:
         if "mem_used_frac" in fields:
             self._thresholds(trainer, step, fields)
 
+    @hookimpl
+    def save_end(self, path: Any) -> None:
+        if self.emergency_checkpoint == "requested":
+            self.emergency_checkpoint = path
+
     def _thresholds(self, trainer: Any, step: int, fields: dict[str, float]) -> None:
         frac, o = fields["mem_used_frac"], self.options
         where = f"{fields['mem_used_mb']:.0f} of {fields['mem_total_mb']:.0f} MB ({frac:.0%}) at step {step + 1}"
@@ -247,15 +251,11 @@ class MemoryMonitor:
             self.warned = True
             self._say(f"warning: device memory {where} is above warn_fraction {o.warn_fraction}")
         if o.emergency_fraction and frac >= o.emergency_fraction and self.emergency_checkpoint is None:
-            try:
-                self.emergency_checkpoint = trainer.save_checkpoint() or "written"
-            except (PhasetrainError, OSError) as exc:
-                self.emergency_checkpoint = "failed"
-                self._say(f"warning: device memory {where}; the emergency checkpoint failed: {exc}")
-                return
+            trainer.request_checkpoint()
+            self.emergency_checkpoint = "requested"
             self._say(
                 f"warning: device memory {where} is above emergency_fraction {o.emergency_fraction}; "
-                f"wrote checkpoint {self.emergency_checkpoint}"
+                "a checkpoint is written after this step"
             )
 
     @hookimpl

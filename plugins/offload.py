@@ -36,6 +36,8 @@ import torch
 from phasetrain import Component, NoOptions, hookimpl
 from phasetrain.config import FieldValueError
 from phasetrain.errors import BadInput
+from phasetrain.registry import Kind
+from phasetrain.types import KnowsPhaseLengths, KnowsStepsLeft
 
 
 class NoOffload:
@@ -248,16 +250,12 @@ class CPUOffload:
 
     @hookimpl
     def train_start(self, trainer: Any) -> None:
-        from phasetrain.plugins.precision import schedule_phases
-
-        known = schedule_phases(trainer.schedule)
-        if known is not None:
-            names = [p.name for p in known]
-            if not self.phases & set(names):
-                raise BadInput(
-                    f"offload.phases: none of {sorted(self.phases)} is a phase of the schedule "
-                    f"(its phases: {', '.join(names)}), so nothing would ever be offloaded"
-                )
+        names = [p.name for p in trainer.schedule.phases]
+        if not self.phases & set(names):
+            raise BadInput(
+                f"offload.phases: none of {sorted(self.phases)} is a phase of the schedule "
+                f"(its phases: {', '.join(names)}), so nothing would ever be offloaded"
+            )
 
     @hookimpl
     def phase_enter(self, trainer: Any, phase: Any) -> None:
@@ -341,17 +339,22 @@ def _steps_left(schedule: Any, trainer: Any, phase: Any) -> int | None:
     """Steps left in the current phase, this one included, as far as the schedule can tell:
     its ``phase_steps_left(trainer)`` if it has one (schedules that decide phase lengths as they
     go), else ``steps_of(phase)`` minus the steps taken in the phase; None if it cannot tell."""
-    ask = getattr(schedule, "phase_steps_left", None)
-    if ask is not None:
-        return ask(trainer)
-    steps_of = getattr(schedule, "steps_of", None)
-    return None if steps_of is None else steps_of(phase) - trainer.state.phase_step
+    if isinstance(schedule, KnowsStepsLeft):
+        return schedule.phase_steps_left(trainer)
+    if isinstance(schedule, KnowsPhaseLengths):
+        return schedule.steps_of(phase) - trainer.state.phase_step
+    return None
+
+
+@hookimpl
+def phasetrain_kinds() -> list[Kind]:
+    return [Kind("offload", "where optimizer state lives in each phase", contracts="phasetrain.plugins.offload_contracts")]
 
 
 @hookimpl
 def phasetrain_components() -> list[Component]:
     return [
-        Component("offload", "none", NoOffload, NoOptions, "optimizer state stays on the device"),
+        Component("offload", "none", NoOffload, NoOptions, "optimizer state stays on the device", default=True),
         Component("offload", "cpu", CPUOffload, OffloadOptions,
                   "optimizer state in host memory during the listed phases"),
         Component("offload", "cpu_pinned", PinnedCPUOffload, OffloadOptions,

@@ -103,7 +103,7 @@ def lbfgs(o: LBFGSOptions, ctx: Any) -> torch.optim.Optimizer:
 def phasetrain_components() -> list[Component]:
     return [
         Component("optimizer", "sgd", sgd, SGDOptions, "torch.optim.SGD (momentum, Nesterov)"),
-        Component("optimizer", "adam", adam, AdamOptions, "torch.optim.Adam"),
+        Component("optimizer", "adam", adam, AdamOptions, "torch.optim.Adam", default=True),
         Component("optimizer", "adamw", adamw, AdamWOptions, "torch.optim.AdamW (decoupled weight decay)"),
         Component("optimizer", "lbfgs", lbfgs, LBFGSOptions, "torch.optim.LBFGS, stepped with a closure"),
     ]

@@ -3,7 +3,8 @@
 A precision policy is asked four things by the kernel's step: a context manager for the forward
 pass (``autocast()``), how to run backward (``backward(loss)``), how to step the optimizer with
 the step's closure (``step(optimizer, closure) -> loss``), and, when the task builds its model,
-how to cast it (``prepare(model)``). Every policy also says
+how to cast it (``prepare(model)``); a policy that scales gradients also divides them back
+(``unscale(optimizer)``) before ``after_backward`` fires. Every policy also says
 
 - ``dtype``: the dtype of the parameters and of the inputs a task should build (float32 for the
   mixed-precision policies, which keep float32 master weights; float64 for ``fp64``);
@@ -29,6 +30,7 @@ import torch
 from phasetrain import Component, NoOptions, hookimpl
 from phasetrain.config import FieldValueError, PrecisionChoice, positive, in_range
 from phasetrain.errors import BadInput
+from phasetrain.types import Unscales
 
 Closure = Callable[[], torch.Tensor]
 
@@ -158,6 +160,10 @@ class FP16(Policy):
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
 
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        """Divide the gradients by the loss scale (once per step, before ``after_backward``)."""
+        self.scaler.unscale_(optimizer)
+
     def step(self, optimizer: torch.optim.Optimizer, closure: Closure) -> torch.Tensor:
         if getattr(optimizer, "requires_closure", False):
             raise BadInput(f"precision {self.name}: " + LBFGS_MESSAGE.format(phase="<stage>"))
@@ -187,40 +193,17 @@ class FP16(Policy):
 # ---------------------------------------------------------------------------------------------
 
 
-def schedule_phases(schedule: Any) -> list[Any] | None:
-    """The phases a schedule lists (``phases`` as a list or a name -> Phase mapping), or None
-    when it does not say (its phases are then only known as they come)."""
-    known = getattr(schedule, "phases", None)
-    if known is None:
-        return None
-    if isinstance(known, Mapping):
-        known = known.values()
-    return [p for p in known if hasattr(p, "name")]
-
-
 def _closure_optimizer_phases(trainer: Any, policy_of: Callable[[str], Policy]) -> list[str]:
     """Names of the schedule's phases whose policy cannot drive their (closure) optimizer.
 
-    Asked at ``train_start`` so a bad combination fails before the first step rather than when
-    the L-BFGS stage begins. Optimizers are probed by building them over a dummy parameter;
-    schedules that do not list their phases are checked at the step instead.
+    Asked at ``train_start``, when every phase's optimizer is built, so a bad combination fails
+    before the first step rather than when the L-BFGS stage begins.
     """
-    from phasetrain.loop import BuildContext, Phase
-
-    phases = schedule_phases(trainer.schedule) or [Phase("train")]
-    bad = []
-    for phase in phases:
-        if policy_of(phase.name).supports_closure_optimizers:
-            continue
-        choice = phase.optimizer or trainer.config.optimizer
-        try:
-            probe_ctx = BuildContext(trainer, params=[torch.nn.Parameter(torch.zeros(1))])
-            probe = trainer.registry.get("optimizer", choice.use).factory(choice.options, probe_ctx)
-        except Exception:  # an optimizer that cannot be probed is checked when it steps
-            continue
-        if getattr(probe, "requires_closure", False):
-            bad.append(phase.name)
-    return bad
+    return [
+        phase.name for phase in trainer.schedule.phases
+        if not policy_of(phase.name).supports_closure_optimizers
+        and getattr(trainer.optimizers[phase.optimizer_key], "requires_closure", False)
+    ]
 
 
 class Registered:
@@ -337,19 +320,21 @@ class PerPhase:
     def step(self, optimizer: torch.optim.Optimizer, closure: Closure) -> torch.Tensor:
         return self.current.step(optimizer, closure)
 
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        if isinstance(self.current, Unscales):
+            self.current.unscale(optimizer)
+
     # -- hooks -------------------------------------------------------------------------------------
 
     @hookimpl(tryfirst=True)
     def train_start(self, trainer: Any) -> None:
-        known = schedule_phases(trainer.schedule)
-        if known is not None:
-            names = [p.name for p in known]
-            unknown = sorted(set(self.by_phase) - set(names))
-            if unknown:
-                raise BadInput(
-                    f"precision.phases: no phase named {unknown[0]!r} in the schedule "
-                    f"(its phases: {', '.join(names)})"
-                )
+        names = [p.name for p in trainer.schedule.phases]
+        unknown = sorted(set(self.by_phase) - set(names))
+        if unknown:
+            raise BadInput(
+                f"precision.phases: no phase named {unknown[0]!r} in the schedule "
+                f"(its phases: {', '.join(names)})"
+            )
         bad = _closure_optimizer_phases(trainer, self.policy_of)
         if bad:
             policy = self.policy_of(bad[0])
@@ -382,7 +367,7 @@ class PerPhase:
 @hookimpl
 def phasetrain_components() -> list[Component]:
     return [
-        Component("precision", "fp32", FP32, NoOptions, "float32 everywhere"),
+        Component("precision", "fp32", FP32, NoOptions, "float32 everywhere", default=True),
         Component("precision", "fp64", FP64, NoOptions, "float64 weights and inputs (PINNs, L-BFGS)"),
         Component("precision", "bf16", BF16, NoOptions, "bfloat16 autocast, float32 master weights"),
         Component("precision", "fp16", FP16Policy, FP16Options,

@@ -1,8 +1,9 @@
 """Built-in phase schedules: ``single`` (plain training) and ``staged`` (e.g. Adam then L-BFGS).
 
-A schedule answers ``phase(trainer)`` before every step and returns the same :class:`Phase`
-object for as long as a phase lasts; the kernel fires ``phase_enter`` when the object changes.
-``steps_of(phase)`` tells learning-rate schedules how long a phase's optimizer will run.
+A schedule lists its ``phases`` and answers ``phase(trainer)`` before every step with the same
+:class:`Phase` object for as long as a phase lasts; the loop fires ``phase_enter`` when the
+object changes. ``steps_of(phase)`` tells learning-rate schedules how long a phase's optimizer
+will run.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import attrs
 
 from phasetrain import Component, hookimpl
 from phasetrain.config import FieldValueError, LrScheduleChoice, OptimizerChoice, non_negative
-from phasetrain.loop import Phase
+from phasetrain.types import Phase
 
 
 @attrs.define
@@ -26,6 +27,7 @@ class Single:
 
     def __init__(self, options: SingleOptions, ctx: Any):
         self._phase = Phase(options.name)
+        self.phases = [self._phase]
         self._steps = ctx.config.run.steps
 
     def phase(self, trainer: Any) -> Phase:
@@ -93,6 +95,6 @@ class Staged:
 @hookimpl
 def phasetrain_components() -> list[Component]:
     return [
-        Component("schedule", "single", Single, SingleOptions, "plain training: one phase"),
+        Component("schedule", "single", Single, SingleOptions, "plain training: one phase", default=True),
         Component("schedule", "staged", Staged, StagedOptions, "consecutive stages, each with its own optimizer"),
     ]

@@ -30,6 +30,7 @@ from phasetrain import Component, hookimpl
 from phasetrain.config import non_negative
 from phasetrain.errors import TrainingFailed
 from phasetrain.plugins.observing import is_writer, numeric_fields
+from phasetrain.types import RendersImages
 
 STATE_KEY = "tensorboard"
 
@@ -147,8 +148,6 @@ class TensorBoard:
         done = step + 1
         if self.writer is None or (done % self.every and done != self.total):
             return
-        if trainer.state.step != done:
-            return  # a plugin rolled the run back during this post_step: the step is undone
         now = time.perf_counter()
         then, before = self._mark
         self._mark = (now, done)
@@ -174,9 +173,9 @@ class TensorBoard:
             self._images(trainer, step)
 
     def _images(self, trainer: Any, step: int) -> None:
-        images = getattr(trainer.task, "images", None)
-        if not callable(images):
+        if not isinstance(trainer.task, RendersImages):
             return
+        images = trainer.task.images
         model = trainer.model
         was_training = model.training
         model.eval()

@@ -40,7 +40,7 @@ def single(tmp_path, *extra):
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     result = torchrun("run", "regression", *sets(*BASE, f"run.out_dir='{tmp_path / 'two'}'",
-                                                 "run.distributed.check_every=10"))
+                                                 "strategy.check_every=10"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("== phasetrain summary") == 1  # rank 0 alone reports
     import json
@@ -79,7 +79,7 @@ def test_a_failing_rank_stops_all_with_its_message_and_keeps_the_last_checkpoint
                 raise RuntimeError("rank 1 lost its accelerator")
     """, name="rankfail")
     result = torchrun("run", "regression", *sets(*BASE, f"run.out_dir='{tmp_path / 'f'}'",
-                                                 "run.distributed.timeout_s=30"), env=env)
+                                                 "strategy.timeout_s=30"), env=env)
     assert result.returncode != 0
     assert "rank 1 lost its accelerator" in result.stderr
     state = phasetrain.load_checkpoint(tmp_path / "f")
@@ -156,7 +156,7 @@ def test_hybrid_under_two_processes_communicates_nothing_in_predict_but_loss_che
     """, name="commcount")
     out = tmp_path / "h"
     result = torchrun("run", "regression", *sets(
-        *BASE, "run.steps=60", f"run.out_dir='{out}'", "run.distributed.check_every=5",
+        *BASE, "run.steps=60", f"run.out_dir='{out}'", "strategy.check_every=5",
         "schedule={use='hybrid', warmup_steps=10, min_full_steps=5, confidence_threshold=0.0, "
         "initial_predict_steps=4, correct_steps=4, loss_check_every=2}", "dynamics={use='linear', window=3}"), env=env)
     assert result.returncode == 0, result.stderr[-3000:]

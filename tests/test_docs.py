@@ -12,7 +12,7 @@ import phasetrain
 from phasetrain import config as config_mod
 from phasetrain.plugins import docgen
 from phasetrain.plugins.metrics import read_records
-from phasetrain.registry import KINDS, Registry, discover
+from phasetrain.registry import Registry, discover
 
 from .conftest import ROOT
 
@@ -32,7 +32,7 @@ def test_configuration_reference_is_up_to_date():
 def test_reference_covers_every_builtin_component_and_every_run_key():
     text = docgen.render()
     registry = Registry(discover(autoload=False))
-    for kind in KINDS:
+    for kind in registry.kinds:
         for name in registry.names(kind):
             section = text.split(f"\n### `{name}`\n", 1)
             assert len(section) == 2, f"{kind} {name!r} is missing from the reference"

@@ -91,7 +91,7 @@ def test_a_bad_lbfgs_evaluation_leaves_weights_and_history_untouched(quiet):
 
 
 def test_stop_policy_fails_after_patience_keeping_the_last_good_checkpoint(quiet):
-    trainer = trainer_for(quiet, "run.nonfinite='stop'", "run.nonfinite_patience=2", "run.checkpoint_every=2",
+    trainer = trainer_for(quiet, "nonfinite={use='stop', patience=2}", "run.checkpoint_every=2",
                           bad=(4, 5, 6, 7))
     with pytest.raises(TrainingFailed, match="not finite for 2 consecutive steps"):
         trainer.fit()
@@ -101,17 +101,17 @@ def test_stop_policy_fails_after_patience_keeping_the_last_good_checkpoint(quiet
 
 
 def test_rollback_policy_restores_the_checkpoint_and_lowers_the_learning_rate(quiet):
-    trainer = trainer_for(quiet, "run.nonfinite='rollback'", "run.nonfinite_patience=2", "run.checkpoint_every=2",
+    trainer = trainer_for(quiet, "nonfinite={use='rollback', patience=2}", "run.checkpoint_every=2",
                           "lr_schedule={use='constant'}", "optimizer.lr=0.01", bad=(4, 5), max_lr=0.008)
     outcome = trainer.fit()
     assert outcome.status == "completed" and outcome.steps == 8
-    assert trainer.guard.rollbacks == 1
+    assert trainer.component("nonfinite").rollbacks == 1
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.005)
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
 def test_rollback_gives_up_when_lower_learning_rates_do_not_help(quiet):
-    trainer = trainer_for(quiet, "run.nonfinite='rollback'", "run.nonfinite_patience=2", "run.checkpoint_every=2",
+    trainer = trainer_for(quiet, "nonfinite={use='rollback', patience=2}", "run.checkpoint_every=2",
                           bad=(4, 5))
     with pytest.raises(TrainingFailed, match="after 3 rollbacks to step-00000004"):
         trainer.fit()

@@ -43,3 +43,10 @@ def test_every_hookspec_has_a_contract_docstring():
     for name in spec_signatures():
         doc = inspect.getdoc(getattr(hookspecs, name)) or ""
         assert len(doc.split()) >= 15, f"{name} needs a docstring stating when it fires and what it returns"
+
+
+def test_hooks_reference_is_generated_from_the_hookspecs():
+    from phasetrain.plugins import docgen
+
+    current = (ROOT / "docs" / "hooks.md").read_text()
+    assert current == docgen.render_hooks(), f"docs/hooks.md is stale; regenerate it with\n    {docgen.HOOKS_COMMAND}"

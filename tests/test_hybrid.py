@@ -195,7 +195,7 @@ class StopInPredict:
 
     @hookimpl
     def post_step(self, trainer, step, metrics):
-        if self.stopped_at is None and metrics.get("predicted") and trainer.schedule.controller.phase_step == 2:
+        if self.stopped_at is None and not trainer.phase.real and trainer.schedule.controller.phase_step == 2:
             self.stopped_at = step + 1
             trainer.stop_requested = True
 
@@ -301,7 +301,7 @@ class StretchWatch:
 
     @hookimpl(trylast=True)
     def post_step(self, trainer, step, metrics):
-        if metrics.get("predicted") and self.at_correct is None:
+        if not trainer.phase.real and self.at_correct is None:
             self.predicted.append([p.detach().clone() for p in trainer.trainable])
 
     @hookimpl(trylast=True)
@@ -413,7 +413,7 @@ class PointsWatch:
     def post_step(self, trainer, step, metrics):
         points = trainer.task.points
         if self._last is not None and not torch.equal(points, self._last):
-            self.changes.append((step, bool(metrics.get("predicted"))))
+            self.changes.append((step, not trainer.phase.real))
         self._last = points.clone()
 
 

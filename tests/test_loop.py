@@ -85,10 +85,10 @@ def test_staged_schedule_switches_to_lbfgs_with_its_closure(quiet):
     phases = [e for e in rec.events if e[0] == "phase_enter"]
     assert phases == [("phase_enter", "adam", None), ("phase_enter", "lbfgs", "adam")]
     assert type(trainer.optimizers["main"]).__name__ == "Adam"
-    assert type(trainer.optimizers["lbfgs"]).__name__ == "LBFGS"
+    assert type(trainer.optimizers["phase.lbfgs"]).__name__ == "LBFGS"
     losses = [e[2] for e in rec.events if e[0] == "post_step"]
     assert losses[-1] < losses[19]  # L-BFGS improved on where Adam left off
-    assert trainer.optimizers["lbfgs"].state_dict()["state"][0]["n_iter"] > 10
+    assert trainer.optimizers["phase.lbfgs"].state_dict()["state"][0]["n_iter"] > 10
 
 
 def test_lr_schedule_from_torch_is_applied(quiet):

@@ -150,7 +150,7 @@ def test_records_written_after_the_checkpoint_are_dropped_on_resume(tmp_path):
 
 
 class RollBackOnce:
-    """Does what the non-finite guard's rollback does: back to the last checkpoint, mid-run."""
+    """Does what the non-finite policy's rollback does: back to the last checkpoint, mid-run."""
 
     def __init__(self, at):
         self.at, self.done = at, False
@@ -162,8 +162,7 @@ class RollBackOnce:
 
             self.done = True
             _path, state, _meta = checkpoint.latest_good(trainer.out_dir)
-            checkpoint.apply(trainer, state)
-            trainer.rebuild_optimizers()
+            trainer.request_rollback(state)
 
 
 def test_a_rollback_during_the_run_leaves_one_record_per_step(tmp_path):

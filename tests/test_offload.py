@@ -166,7 +166,7 @@ class Placement:
 
     @hookimpl(trylast=True)
     def post_step(self, trainer):
-        self.parked.append(trainer.offload.offloaded)
+        self.parked.append(trainer.component("offload").offloaded)
 
 
 def run(quiet, tmp, offload, *extra, plugins=()):
@@ -191,7 +191,7 @@ def test_training_with_offload_equals_training_without_it(quiet, offload):
     moved = run(quiet, offload, offload)
     assert_same_run(plain, moved)
     # The 'predict' stage steps for real here: the state came back just in time.
-    assert moved.offload.stats.offloads == 1 and moved.offload.stats.restores_on_step == 1
+    assert moved.component("offload").stats.offloads == 1 and moved.component("offload").stats.restores_on_step == 1
 
 
 @pytest.mark.parametrize("offload", sorted(STRATEGIES))
@@ -201,7 +201,7 @@ def test_state_stays_offloaded_through_a_predicted_phase(quiet, offload):
     moved = run(quiet, offload, offload, plugins=[Predicted(), placement])
     assert_same_run(plain, moved)
     assert placement.parked == [False] * 5 + [True] * 4 + [False] * 3
-    stats = moved.offload.stats
+    stats = moved.component("offload").stats
     assert stats.restores_on_step == 0 and stats.restores == 1
     assert stats.prefetches == (1 if offload == "cpu_pinned" else 0)  # at the phase's last step
     assert stats.bytes_out == stats.bytes_in > 0
@@ -218,7 +218,7 @@ def test_a_checkpoint_written_while_offloaded_resumes_to_the_same_run(quiet, off
     plain = run(quiet, "plain", "none", plugins=[Predicted()])
     stopped_plain = run(quiet, "stopped", "none", plugins=[Predicted(), StopAt()])
     stopped = run(quiet, offload, offload, plugins=[Predicted(), StopAt()])
-    assert stopped.offload.stats.offloads == 1 and stopped.offload.stats.restores == 1  # at train_end
+    assert stopped.component("offload").stats.offloads == 1 and stopped.component("offload").stats.restores == 1  # at train_end
     saved = phasetrain.load_checkpoint(stopped.out_dir)
     reference = phasetrain.load_checkpoint(stopped_plain.out_dir)
     assert saved["trainer"]["step"] == reference["trainer"]["step"] == 7
@@ -240,7 +240,7 @@ def test_the_hybrid_schedule_parks_the_state_through_predict_and_matches_no_offl
     moved = run(quiet, "pinned", "cpu_pinned", *HYBRID, "run.steps=24")
     assert moved.schedule.predicted_steps > 0
     assert_same_run(plain, moved)
-    stats = moved.offload.stats
+    stats = moved.component("offload").stats
     assert stats.offloads >= 1 and stats.restores_on_step == 0 and stats.bytes_out == stats.bytes_in
 
 

@@ -74,25 +74,69 @@ def test_autoload_switch_loads_only_builtins(tmp_path):
     assert "fakeplug" not in result.stdout and "optimizers" in result.stdout
 
 
-def test_broken_plugin_is_named_with_its_distribution_and_cause(tmp_path):
+def fake_site(root: Path, *dists: tuple[str, str, str, str]) -> dict:
+    """Several distributions ``(name, version, entry point name, source)`` on one path."""
+    for name, version, ep, source in dists:
+        (root / name).mkdir(parents=True)
+        (root / name / "__init__.py").write_text(textwrap.dedent(source))
+        info = root / f"{name}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text(f"[phasetrain]\n{ep} = {name}\n")
+    return {"PYTHONPATH": str(root)}
+
+
+def quick_run(tmp_path: Path, *sets: str, env: dict) -> object:
+    args = ["--set", "run.steps=3", "--set", f"run.out_dir='{tmp_path / 'out'}'"]
+    for extra in sets:
+        args += ["--set", extra]
+    return run_cli("run", "regression", *args, env=env)
+
+
+def test_a_broken_plugin_is_listed_with_its_cause_and_stops_nothing_else(tmp_path):
     env = fake_distribution(tmp_path / "site", "raise ImportError('needs libfoo')\n")
-    result = run_cli("plugins", env=env)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert "'fakeplug_ep'" in result.stderr and "fakeplug 0.3" in result.stderr
-    assert "needs libfoo" in result.stderr
+    listing = run_cli("plugins", env=env)
+    assert listing.returncode == 0 and "Traceback" not in listing.stderr
+    line = next(line for line in listing.stdout.splitlines() if line.startswith("fakeplug_ep"))
+    assert "fakeplug 0.3" in line and "BROKEN" in line and "needs libfoo" in line
+    assert listing.stderr.count("warning:") == 1 and "fakeplug 0.3" in listing.stderr
+    unrelated = quick_run(tmp_path, env=env)
+    assert unrelated.returncode == 0, unrelated.stderr
+    assert unrelated.stderr.count("warning:") == 1
+    uses_it = quick_run(tmp_path, "optimizer={use='plainsgd'}", env=env)
+    assert uses_it.returncode == 2 and "Traceback" not in uses_it.stderr
+    error = uses_it.stderr.strip().splitlines()[-1]
+    assert "unknown optimizer 'plainsgd'" in error and "fakeplug_ep' from fakeplug 0.3 is broken" in error
 
 
-def test_two_distributions_with_the_same_component_name_both_distributions(tmp_path):
+def test_two_distributions_with_the_same_component_name_are_named_and_neither_is_used(tmp_path):
     clash = GOOD.replace('"plainsgd"', '"adam"')
     env = fake_distribution(tmp_path / "site", clash, name="clashplug", version="1.2")
-    result = run_cli("plugins", env=env)
-    assert result.returncode == 2
-    assert "optimizer 'adam' is registered twice" in result.stderr
-    assert "phasetrain 0.1.0" in result.stderr.replace("phasetrain-", "") and "clashplug 1.2" in result.stderr
+    listing = run_cli("plugins", env=env)
+    assert listing.returncode == 0
+    assert "optimizer 'adam' is registered twice" in listing.stdout
+    uses_it = quick_run(tmp_path, env=env)  # the regression preset chooses adam
+    assert uses_it.returncode == 2
+    error = uses_it.stderr.strip().splitlines()[-1]
+    assert "optimizer 'adam' is registered twice" in error
+    assert "phasetrain 0.2.0" in error.replace("phasetrain-", "") and "clashplug 1.2" in error
+    other = quick_run(tmp_path, "optimizer={use='sgd'}", env=env)
+    assert other.returncode == 0, other.stderr
 
 
-def test_hook_implementation_matching_no_spec_is_rejected_at_start(tmp_path):
+def test_the_same_entry_point_name_in_two_distributions_loads_both(tmp_path):
+    other = GOOD.replace('"plainsgd"', '"othersgd"').replace("fakeplug saw", "second saw")
+    env = fake_site(tmp_path / "site", ("firstdist", "1.0", "myopt", GOOD), ("seconddist", "2.0", "myopt", other))
+    listing = run_cli("plugins", env=env)
+    assert listing.returncode == 0, listing.stderr
+    lines = [line for line in listing.stdout.splitlines() if line.startswith("myopt ")]
+    assert len(lines) == 2 and "firstdist 1.0" in lines[0] + lines[1] and "seconddist 2.0" in lines[0] + lines[1]
+    result = quick_run(tmp_path, "optimizer={use='othersgd'}", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "fakeplug saw the end" in result.stdout and "second saw the end" in result.stdout
+
+
+def test_hook_implementation_matching_no_spec_makes_the_plugin_broken(tmp_path):
     source = """
         from phasetrain import hookimpl
 
@@ -101,9 +145,11 @@ def test_hook_implementation_matching_no_spec_is_rejected_at_start(tmp_path):
             pass
     """
     env = fake_distribution(tmp_path / "site", source, name="typoplug")
-    result = run_cli("plugins", env=env)
-    assert result.returncode == 2
-    assert "typoplug" in result.stderr and "post_stepp" in result.stderr
+    listing = run_cli("plugins", env=env)
+    assert listing.returncode == 0
+    line = next(line for line in listing.stdout.splitlines() if line.startswith("typoplug_ep"))
+    assert "BROKEN" in line and "unknown hook 'post_stepp'" in line and "<module" not in line
+    assert quick_run(tmp_path, env=env).returncode == 0
 
 
 def test_in_process_extra_plugins_join_the_registry():
@@ -119,5 +165,6 @@ def test_in_process_extra_plugins_join_the_registry():
     registry = load_registry([plugin(Extra(), "extra", "extra-dist")])
     assert "nowhere" in registry.names("offload")
     assert registry.origin("offload", "nowhere").distribution == "extra-dist"
-    with pytest.raises(PluginError, match="registered twice"):
-        load_registry([plugin(Extra(), "a", "one"), plugin(Extra(), "b", "two")])
+    twice = load_registry([plugin(Extra(), "a", "one"), plugin(Extra(), "b", "two")])
+    with pytest.raises(PluginError, match="offload 'nowhere' is registered twice: by plugin 'a' from one and by plugin 'b' from two"):
+        twice.get("offload", "nowhere")

@@ -24,15 +24,15 @@ from phasetrain.plugins.pinn.options import Poisson2DOptions, StaticSamplerOptio
 from phasetrain.plugins.pinn.plugin import residual_component
 from phasetrain.plugins.pinn.problems import Poisson2D
 from phasetrain.plugins.pinn.samplers import UniformSampler
+from phasetrain.plugins import offload_contracts as offload
+from phasetrain.plugins.pinn import contracts as pinn
 from phasetrain.registry import Registry, discover
 from phasetrain.testing import (
     ContractViolation,
     HookRecorder,
     check_component,
     expected_events,
-    offload,
     optimizer,
-    pinn,
     strategies,
 )
 from phasetrain.testing.bits import clone, differences, through_checkpoint

@@ -3,22 +3,13 @@ the small, real runs it is built in.
 
 A contract builds components exactly the way a run does: a config is structured by
 ``phasetrain.config.build`` and handed to a real :class:`phasetrain.Trainer`, whose
-``BuildContext`` every factory receives. Each kind gets the smallest honest context:
+``BuildContext`` every factory receives. The default context is the ``regression`` task (a tiny
+MLP) with a ``constant`` learning rate and the component in its own section; a kind that needs
+more (a PINN task for residuals, a hybrid schedule for dynamics models, a staged schedule with a
+phase that takes no optimizer step for offload strategies) declares its context with
+:func:`phasetrain.testing.contract.context` in the module that holds its contracts.
 
-=============  ===============================================================================
-kind           context (the component goes into its own section)
-=============  ===============================================================================
-optimizer,     ``regression`` task (a tiny MLP), ``constant`` learning rate
-precision,
-observer, ...
-offload        + a ``staged`` schedule ``warm -> <offloaded phase> -> after`` whose middle phase
-               takes no optimizer step (like the hybrid schedule's Predict)
-dynamics       + the ``hybrid`` schedule with short phases and ``linear`` defaults
-residual       ``pinn`` task (a tiny network) with a ``sobol`` sampler of 32 points
-sampler        ``pinn`` task on the ``poisson2d`` residual
-=============  ===============================================================================
-
-``context=`` replaces any of these sections (``context={"residual": "burgers"}``).
+``context=`` replaces any section of the run (``context={"residual": "burgers"}``).
 """
 
 from __future__ import annotations
@@ -41,14 +32,7 @@ from phasetrain.testing.bits import VOLATILE
 from phasetrain.testing.violation import ContractViolation
 
 REGRESSION = {"use": "regression", "in_dim": 4, "hidden": 8, "depth": 1, "n_train": 64, "n_eval": 32, "batch_size": 16}
-PINN = {"use": "pinn", "hidden": 8, "depth": 2, "n_initial": 8, "n_boundary": 8, "eval_grid": [3]}
-HYBRID = {
-    "use": "hybrid", "warmup_steps": 2, "min_full_steps": 1, "confidence_threshold": 0.0,
-    "initial_predict_steps": 2, "max_predict_steps": 4, "loss_check_every": 1, "correct_steps": 2,
-}
 QUIET = {"console": {"enabled": False}, "jsonl": {"enabled": False}}
-#: Contracts that train draw a sampler's ``n`` (its point count) up to this.
-SMALL_POINTS = 64
 
 
 def _positive_even(_instance: Any, attribute: attrs.Attribute, value: int) -> None:
@@ -79,25 +63,6 @@ class Settings:
                 f"phasetrain.testing: unknown setting {unknown[0]!r} (settings: {', '.join(sorted(known))})"
             )
         return cls(**values)
-
-
-class NoOptimizerStep:
-    """Answers ``run_step`` in one phase with a forward-only loss and no optimizer step, as the
-    hybrid schedule's predicted steps do: the optimizer's state must survive that phase."""
-
-    def __init__(self, phase: str):
-        self.phase = phase
-
-    @hookimpl
-    def run_step(self, trainer: Any, step: int, phase: Any) -> dict[str, Any] | None:
-        if phase.name != self.phase:
-            return None
-        import torch
-
-        task = trainer.task
-        with torch.no_grad(), trainer.precision.autocast():
-            loss = task.loss(trainer.model, task.batch(trainer.state.batches))
-        return {"loss": loss.detach(), "lr": trainer.optimizer.param_groups[0]["lr"]}
 
 
 def _plugin_info(obj: Any, index: int) -> registry_mod.PluginInfo:
@@ -162,18 +127,12 @@ class Subject:
 
         from phasetrain.testing import strategies
 
+        from phasetrain.testing.contract import CONTEXTS
+
         drawn = (st.just(self.default_options()) if self.pinned else
                  strategies.options(self.options_class, registry=self.registry, small=small).map(self.fixed))
-        if small and self.kind == "sampler" and hasattr(self.options_class(), "n") and "n" not in self.settings.options:
-            # A PINN step costs in proportion to the points; the sampler's code path does not
-            # depend on how many. Contracts that train ask for at most SMALL_POINTS.
-            return drawn.flatmap(lambda o: st.integers(1, SMALL_POINTS).map(lambda n: self._with_count(o, n)))
-        return drawn
-
-    def _with_count(self, options: Any, n: int) -> Any:
-        from phasetrain.testing import strategies
-
-        return strategies.construct(type(options), {**attrs.asdict(options, recurse=False), "n": n})
+        narrow = CONTEXTS[self.kind].small if self.kind in CONTEXTS else None
+        return narrow(self, drawn) if small and narrow is not None else drawn
 
     def default_options(self) -> Any:
         return self.fixed(self.options_class())
@@ -193,21 +152,18 @@ class Subject:
 
     # -- configs and trainers -----------------------------------------------------------------
 
-    def offload_phase(self, options: Any) -> str:
-        phases = getattr(options, "phases", None)
-        if self.settings.phase:
-            return self.settings.phase
-        if isinstance(phases, (list, tuple)) and phases and isinstance(phases[0], str):
-            return phases[0]
-        return "predict"
-
     def hooks(self, options: Any) -> list[Any]:
-        """Plugins the context itself needs (the offload context's predicted-like phase)."""
-        return [NoOptimizerStep(self.offload_phase(options))] if self.kind == "offload" else []
+        """Plugins the kind's context needs (an offload context's phase without optimizer steps)."""
+        from phasetrain.testing.contract import CONTEXTS
+
+        found = CONTEXTS.get(self.kind)
+        return list(found.hooks(self, options)) if found is not None and found.hooks is not None else []
 
     def raw(self, options: Any, *, steps: int | None = None, out_dir: str = "", seed: int = 0,
             run: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The run config (raw, as a file would hold it) with the component in its section."""
+        from phasetrain.testing.contract import CONTEXTS
+
         section = self.unstructure(options)
         raw: dict[str, Any] = {
             "run": {"steps": steps or self.settings.steps, "seed": seed, "out_dir": out_dir or "unused",
@@ -216,42 +172,19 @@ class Subject:
             "lr_schedule": {"use": "constant"},
             "observers": copy.deepcopy(QUIET),
         }
-        kind, name = self.kind, self.name
-        if kind == "observer":
-            raw["observers"][name] = section
-        elif kind == "residual":
-            raw.update(task=dict(PINN), residual={"use": name, **section}, sampler={"use": "sobol", "n": 32})
-        elif kind == "sampler":
-            raw.update(task=dict(PINN), residual={"use": "poisson2d"}, sampler={"use": name, **section})
-        elif kind == "dynamics":
-            raw.update(dynamics={"use": name, **section}, schedule=dict(HYBRID))
-        elif kind == "offload":
-            raw.update(offload={"use": name, **section}, schedule=self._staged(options, raw["run"]["steps"]))
+        spec = self.registry.kinds[self.kind]
+        if spec.many:
+            raw.setdefault(spec.key, {})[self.name] = section
         else:
-            raw[kind] = {"use": name, **section}
+            raw[spec.key] = {"use": self.name, **section}
+        if self.kind in CONTEXTS:
+            CONTEXTS[self.kind].adjust(self, options, raw)
         for key, value in self.settings.context.items():
             if key in ("run", "observers") and isinstance(value, Mapping):
                 raw[key] = {**raw[key], **copy.deepcopy(dict(value))}
             else:
                 raw[key] = copy.deepcopy(value)
         return raw
-
-    def _staged(self, options: Any, steps: int) -> dict[str, Any]:
-        offloaded = self.offload_phase(options)
-        taken = {offloaded, *(p for p in getattr(options, "phases", None) or () if isinstance(p, str))}
-
-        def free(base: str) -> str:
-            name, i = base, 0
-            while name in taken:
-                i += 1
-                name = f"{base}{i}"
-            taken.add(name)
-            return name
-
-        third = max(1, steps // 3)
-        return {"use": "staged", "stages": [
-            {"name": free("warm"), "steps": third}, {"name": offloaded, "steps": third}, {"name": free("after")},
-        ]}
 
     def config(self, raw: Mapping[str, Any]) -> Any:
         from phasetrain import config as config_mod
@@ -318,13 +251,11 @@ class Subject:
         return self._context
 
     def built(self, trainer: Any) -> Any:
-        """The component object inside ``trainer`` (optimizers are built for the first phase)."""
-        if self.kind == "observer":
-            return trainer.observers.get(self.name)
+        """The component object inside ``trainer``."""
         if self.kind == "optimizer":
-            with self._building(trainer.config.optimizer.options):
-                return trainer.ensure_optimizer(trainer.schedule.phase(trainer))
-        return trainer.component(self.kind)
+            return trainer.optimizers.get("main")
+        found = trainer.component(self.kind)
+        return found.get(self.name) if self.registry.kinds[self.kind].many else found
 
     def rebuild(self, trainer: Any, options: Any, **extra: Any) -> Any:
         """A second, independent object from the component's factory, in ``trainer``'s context."""

@@ -70,6 +70,37 @@ def contract(name: str, kind: str, *, examples: int = 10, summary: str = "",
 
 
 @attrs.frozen
+class KindContext:
+    """How the kit builds the smallest honest run for a component of ``kind``, declared in the
+    module that holds the kind's contracts (named by ``Kind.contracts``).
+
+    ``adjust(subject, options, raw)`` edits the raw run config, in which the component is already
+    in its section; ``hooks(subject, options)`` gives plugin objects the run needs;
+    ``small(subject, strategy)`` narrows drawn options for contracts that train.
+    """
+
+    kind: str
+    adjust: Callable[[Any, Any, dict[str, Any]], None]
+    hooks: Callable[[Any, Any], list[Any]] | None = None
+    small: Callable[[Any, Any], Any] | None = None
+
+
+#: Contexts of kinds, by kind, registered by their contract modules.
+CONTEXTS: dict[str, KindContext] = {}
+
+
+def context(kind: str, *, hooks: Callable[[Any, Any], list[Any]] | None = None,
+            small: Callable[[Any, Any], Any] | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Declare the run context of ``kind`` (used as a decorator on its ``adjust`` function)."""
+
+    def register(adjust: Callable[..., None]) -> Callable[..., None]:
+        CONTEXTS[kind] = KindContext(kind, adjust, hooks, small)
+        return adjust
+
+    return register
+
+
+@attrs.frozen
 class Failed(Outcome):
     error: BaseException | None = attrs.field(default=None, eq=False, repr=False)
 

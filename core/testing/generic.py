@@ -23,20 +23,6 @@ from phasetrain.testing.bits import differences, tree_map
 from phasetrain.testing.contract import GENERIC, contract
 from phasetrain.testing.recorder import HookRecorder
 
-#: What the object built for a kind must offer (its protocol, as docs/writing-plugins.md lists).
-PROTOCOL: dict[str, tuple[str, ...]] = {
-    "optimizer": ("step", "zero_grad", "state_dict", "load_state_dict", "param_groups"),
-    "precision": ("prepare", "autocast", "backward", "step"),
-    "dynamics": ("observe", "rebase", "predict", "predicted_loss", "confidence", "penalize",
-                 "state_dict", "load_state_dict"),
-    "residual": ("residual", "conditions", "exact", "lower", "upper"),
-    "sampler": ("points", "update", "state_dict", "load_state_dict"),
-    "task": ("model", "batch", "loss", "evaluate"),
-    "schedule": ("phase",),
-    "lr_schedule": ("step", "state_dict", "load_state_dict"),
-}
-
-
 @contract("component.builds", GENERIC, examples=4)
 def builds(subject: Any, data: Any) -> None:
     """The default options build in a real run; drawn ones build or raise a clear BadInput."""
@@ -47,17 +33,20 @@ def builds(subject: Any, data: Any) -> None:
 def _check_built(subject: Any, options: Any, default: bool) -> None:
     trainer = subject.trainer(options, default=default)
     obj = subject.built(trainer)
-    if obj is None and subject.kind != "offload":
+    from phasetrain.types import missing
+
+    protocol = subject.registry.kinds[subject.kind].protocol
+    if obj is None and protocol is not None:
         subject.fail(f"with options {options!r} the run holds no {subject.kind} (the factory returned None)")
     if subject.kind == "optimizer":
         import torch
 
         if not isinstance(obj, torch.optim.Optimizer):
             subject.fail(f"built a {type(obj).__name__}, which is not a torch.optim.Optimizer")
-    missing = [name for name in PROTOCOL.get(subject.kind, ()) if not hasattr(obj, name)]
-    if missing:
-        subject.fail(f"built a {type(obj).__name__}, which lacks {', '.join(missing)} "
-                     f"(what a {subject.kind} must offer)")
+    lacks = missing(obj, protocol) if protocol is not None and obj is not None else []
+    if lacks:
+        subject.fail(f"built a {type(obj).__name__}, which lacks {', '.join(lacks)} "
+                     f"(what a {subject.kind} must offer: phasetrain.types.{protocol.__name__})")
 
 
 @contract("component.config_round_trip", GENERIC, examples=25)
@@ -88,9 +77,8 @@ def config_round_trip(subject: Any, data: Any) -> None:
 
 
 def _options_in(subject: Any, config: Any) -> Any:
-    if subject.kind == "observer":
-        return config.observers[subject.name].options
-    return config.section(subject.kind).options
+    section = config.section(subject.kind)
+    return section[subject.name].options if subject.registry.kinds[subject.kind].many else section.options
 
 
 @contract("component.checkpoint_round_trip", GENERIC, examples=2)
@@ -113,8 +101,7 @@ def checkpoint_round_trip(subject: Any, data: Any) -> None:
     shutil.copytree(middle, copy_to)
     second = subject.trainer(options, out_dir=second_dir, run=cadence)
     second.resume(report=lambda _line: None)
-    _build_saved_optimizers(second)
-    restored = tree_map(checkpoint.collect(second), lambda t: t.cpu())  # as loaded: on the host
+    restored = tree_map(second.state_dict(), lambda t: t.cpu())  # as loaded: on the host
     diff = differences(saved, restored, volatile=subject.settings.volatile)
     if diff:
         subject.fail(f"the checkpoint written at step {half} is not what a resumed run holds after "
@@ -122,21 +109,10 @@ def checkpoint_round_trip(subject: Any, data: Any) -> None:
     subject.fit(second, options)
     ended = [checkpoint.load_dir(checkpoint.checkpoint_dir(Path(d)) / checkpoint.name_for(steps))[0]
              for d in (first_dir, second_dir)]
-    for state in ended:  # the kernel restarts the count of the current phase's steps on resume
-        state["trainer"].pop("phase_step", None)
     diff = differences(ended[0], ended[1], volatile=subject.settings.volatile)
     if diff:
         subject.fail(f"a run resumed at step {half} of {steps} ends in another state than the run that "
                      "never stopped:\n  " + "\n  ".join(diff))
-
-
-def _build_saved_optimizers(trainer: Any) -> None:
-    """Build the run's main optimizer so that its saved state goes through ``load_state_dict``
-    (it is otherwise only built when its phase starts)."""
-    from phasetrain.loop import Phase
-
-    if "main" in trainer.pending_state["optimizers"]:
-        trainer.ensure_optimizer(Phase(trainer.state.phase or "train"))
 
 
 @contract("component.deterministic", GENERIC, examples=2)
@@ -151,7 +127,7 @@ def deterministic(subject: Any, data: Any) -> None:
         recorder = HookRecorder()
         trainer = subject.trainer(options, seed=seed, hooks=[recorder])
         subject.fit(trainer, options)
-        runs.append((recorder, checkpoint.collect(trainer)))
+        runs.append((recorder, trainer.state_dict()))
     (rec_a, state_a), (rec_b, state_b) = runs
     if rec_a.events != rec_b.events:
         subject.fail(f"two runs with seed {seed} fired different hooks: {rec_a.events} vs {rec_b.events}")

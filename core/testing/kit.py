@@ -9,24 +9,38 @@ from __future__ import annotations
 
 from typing import Any
 
-# Importing the contract modules declares their contracts, in this order.
-from phasetrain.testing import dynamics, generic, observer, offload, optimizer, pinn, precision  # noqa: F401
+import importlib
+
+from phasetrain.testing import generic  # noqa: F401  (declares the generic contracts)
 from phasetrain.testing.context import Settings, Subject
 from phasetrain.testing.contract import CONTRACTS, GENERIC, Contract, run
 from phasetrain.testing.violation import Report, violation_from
 
 
-def kinds_with_contracts() -> list[str]:
+def load_contracts(registry: Any = None) -> None:
+    """Import the contract module of every kind that names one (``Kind.contracts``): kernel kinds
+    have theirs in ``phasetrain.testing``, a plugin's kinds have theirs beside the plugin."""
+    from phasetrain.registry import load_registry
+
+    for kind in (registry or load_registry()).kinds.values():
+        if kind.contracts:
+            importlib.import_module(kind.contracts)
+
+
+def kinds_with_contracts(registry: Any = None) -> list[str]:
     """Component kinds the kit has contracts for (the generic ones apply to these kinds only:
     the kit knows how to build them in a context of their own)."""
-    from phasetrain.registry import KINDS
+    from phasetrain.registry import load_registry
 
+    registry = registry or load_registry()
+    load_contracts(registry)
     own = {c.kind for c in CONTRACTS.values() if c.kind != GENERIC}
-    return [kind for kind in KINDS if kind in own]
+    return [kind for kind in registry.kinds if kind in own]
 
 
-def contracts_for(kind: str) -> list[Contract]:
+def contracts_for(kind: str, registry: Any = None) -> list[Contract]:
     """The contracts a component of ``kind`` must meet: the generic ones first, then its own."""
+    load_contracts(registry)
     own = [c for c in CONTRACTS.values() if c.kind == kind]
     if not own:
         return []
@@ -45,7 +59,10 @@ def check_component(kind: str, name: str, *, only: list[str] | None = None, skip
     """
     from phasetrain.errors import BadInput
 
-    contracts = contracts_for(kind)
+    from phasetrain.testing.context import registry_with
+
+    registry = registry_with(settings.get("plugins", ()))
+    contracts = contracts_for(kind, registry)
     if not contracts:
         raise BadInput(f"phasetrain.testing has no contracts for kind {kind!r} "
                        f"(kinds with contracts: {', '.join(kinds_with_contracts())})")
@@ -65,6 +82,7 @@ def check_contract(contract: str, kind: str, name: str, **settings: Any) -> Any:
     """Check one contract by name (``"optimizer.state_round_trip"``) for one component."""
     from phasetrain.errors import BadInput
 
+    load_contracts()
     if contract not in CONTRACTS:
         raise BadInput(f"phasetrain.testing: no contract {contract!r} (contracts: {', '.join(CONTRACTS)})")
     found = CONTRACTS[contract]
@@ -77,4 +95,4 @@ def installed(builtin_only: bool = False) -> list[tuple[str, str]]:
     from phasetrain.registry import Registry, discover, load_registry
 
     registry = Registry(discover(autoload=False)) if builtin_only else load_registry()
-    return [(kind, name) for kind in kinds_with_contracts() for name in registry.names(kind)]
+    return [(kind, name) for kind in kinds_with_contracts(registry) for name in registry.names(kind)]

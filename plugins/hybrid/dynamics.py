@@ -23,13 +23,32 @@ of the cumulative change over the window; at the end it compares with what reall
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import torch
 
 from phasetrain import hookimpl
 from phasetrain.config import at_least, in_range, positive, probability
+
+
+@runtime_checkable
+class Dynamics(Protocol):
+    """What the hybrid schedule asks of a ``[dynamics]`` component (see the module docstring).
+    Its state goes into checkpoints through the ``checkpoint`` and ``restore`` hooks; the
+    conformance kit also checks ``state_dict()``/``load_state_dict()`` when it has them."""
+
+    confidence: float
+
+    def observe(self, params: list[torch.Tensor], loss: float, lr: float) -> None: ...
+
+    def rebase(self, params: list[torch.Tensor]) -> None: ...
+
+    def predict(self, params: list[torch.Tensor], lr: float) -> list[torch.Tensor]: ...
+
+    def predicted_loss(self, k: int) -> float: ...
+
+    def penalize(self, factor: float) -> None: ...
 
 
 def _flat_dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:

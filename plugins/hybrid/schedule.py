@@ -37,7 +37,8 @@ import torch
 
 from phasetrain import Component, hookimpl
 from phasetrain.config import at_least, non_negative, positive
-from phasetrain.loop import Phase
+from phasetrain.registry import Kind
+from phasetrain.types import ForwardLoss, Phase
 
 PHASES = ("warmup", "full", "predict", "correct")
 
@@ -135,7 +136,8 @@ class Hybrid:
     def __init__(self, options: HybridOptions, ctx: Any):
         self.options = options
         self.ctx = ctx
-        self.phases = {name: Phase(name, predicted=name == "predict") for name in PHASES}
+        self.phases = [Phase(name, real=name != "predict") for name in PHASES]
+        self._by_name = {p.name: p for p in self.phases}
         self.controller = HybridController(options, ctx.config.run.steps)
         self.real_steps = 0
         self.predicted_steps = 0
@@ -148,7 +150,7 @@ class Hybrid:
         self.best: list[torch.Tensor] | None = None  # the weights that had it (None: the snapshot)
         self.end_loss: float | None = None  # probe loss after the last predicted step, if checked
         self._dynamics = None
-        if ctx.config.dynamics is None:
+        if ctx.config.section("dynamics") is None:
             from phasetrain.errors import BadInput
 
             raise BadInput('schedule "hybrid" needs a [dynamics] section, e.g. use = "linear"')
@@ -179,27 +181,24 @@ class Hybrid:
     # -- deciding phases ---------------------------------------------------------------------
 
     def phase(self, trainer: Any) -> Phase:
-        return self.phases[self.controller.next_phase(trainer.state.step, self.confidence())]
+        return self._by_name[self.controller.next_phase(trainer.state.step, self.confidence())]
 
     def probe_loss(self, trainer: Any) -> float:
         """Forward-only loss on a fixed batch (index -1, never used for training); under
         torch.distributed each rank scores its slice and one scalar is averaged. A task whose
         loss needs autograd without a backward pass (PINN residuals) provides
         ``forward_loss(model, batch)``; others are scored under ``torch.no_grad()``."""
-        from phasetrain import distributed
-
-        task, world = trainer.task, trainer.world
-        batch = task.batch(-1)
-        if world.active:
-            batch = distributed.shard(batch, world)
-        forward_loss = getattr(task, "forward_loss", None)
+        task, strategy = trainer.task, trainer.strategy
+        batch = strategy.shard(task.batch(-1))
         with trainer.precision.autocast():
-            if forward_loss is not None:  # e.g. PINNs: input derivatives need autograd
-                loss = float(forward_loss(trainer.model, batch))
+            if isinstance(task, ForwardLoss):  # e.g. PINNs: input derivatives need autograd
+                loss = task.forward_loss(trainer.model, batch).detach()
             else:
                 with torch.no_grad():
-                    loss = float(task.loss(trainer.model, batch))
-        return distributed.mean_across_ranks(loss, trainer.device)
+                    loss = task.loss(trainer.model, batch).detach()
+        if strategy.size > 1:
+            loss = strategy.mean(loss.double())
+        return float(loss)
 
     @hookimpl
     def phase_enter(self, trainer: Any, phase: Phase, previous: Phase | None) -> None:
@@ -249,11 +248,8 @@ class Hybrid:
         with torch.no_grad():
             delta = self.dynamics.predict(trainer.trainable, lr)
             torch._foreach_add_(trainer.trainable, delta)
-        scheduler = trainer.lr_scheduler
-        if scheduler is not None:
-            scheduler.step()
         done = self.controller.phase_step + 1
-        metrics: dict[str, Any] = {"loss": self.dynamics.predicted_loss(done), "lr": lr, "predicted": 1}
+        metrics: dict[str, Any] = {"loss": self.dynamics.predicted_loss(done), "lr": lr}
         self.end_loss = None
         if done % self.options.loss_check_every == 0:
             checked = self.probe_loss(trainer)
@@ -270,7 +266,7 @@ class Hybrid:
     @hookimpl(tryfirst=True)
     def post_step(self, trainer: Any, step: int, metrics: dict[str, Any]) -> None:
         self.controller.stepped()
-        if metrics.get("predicted"):
+        if not trainer.phase.real:
             self.predicted_steps += 1
         else:
             self.real_steps += 1
@@ -308,6 +304,14 @@ class Hybrid:
         self.reference, self.snapshot = s["reference"], s["snapshot"]
         self.returns, self.best_loss, self.best = s["returns"], s["best_loss"], s["best"]
         self.end_loss = s["end_loss"]
+
+
+@hookimpl
+def phasetrain_kinds() -> list[Kind]:
+    from phasetrain.plugins.hybrid.dynamics import Dynamics
+
+    return [Kind("dynamics", "predicted weight updates, loss and confidence for the hybrid schedule",
+                 Dynamics, contracts="phasetrain.plugins.hybrid.contracts")]
 
 
 @hookimpl

@@ -11,12 +11,13 @@ seeded from the run seed. A third party adds a PDE the same way: subclass ``Prob
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
 from phasetrain import Component, NoOptions, hookimpl
 from phasetrain.errors import BadInput, ConfigError
+from phasetrain.registry import Kind
 
 from .options import PROBLEM_OPTIONS, SAMPLER_OPTIONS, sampler_kwargs
 from .problem_base import Problem
@@ -71,6 +72,42 @@ def _task(options: Any, ctx: Any) -> Any:
     from .task import PINN
 
     return PINN(options, ctx)
+
+
+@runtime_checkable
+class Residual(Protocol):
+    """A ``[residual]`` component: a PDE on a box (see :class:`.problem_base.Problem`)."""
+
+    lower: Any
+    upper: Any
+
+    def residual(self, x: Any, u: Any) -> Any: ...
+
+    def conditions(self) -> Any: ...
+
+    def exact(self, x: Any) -> Any: ...
+
+
+@runtime_checkable
+class CollocationSampler(Protocol):
+    """A ``[sampler]`` component: collocation points (see :class:`.sampler_base.Sampler`)."""
+
+    def points(self) -> Any: ...
+
+    def update(self, step: int, residual_fn: Any) -> bool: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@hookimpl
+def phasetrain_kinds() -> list[Kind]:
+    contracts = "phasetrain.plugins.pinn.contracts"
+    return [
+        Kind("residual", "a PDE residual with its conditions, domain and exact solution", Residual, contracts=contracts),
+        Kind("sampler", "collocation points for the pinn task", CollocationSampler, contracts=contracts),
+    ]
 
 
 @hookimpl

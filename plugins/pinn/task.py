@@ -285,7 +285,7 @@ class PINN:
 
     @hookimpl
     def pre_step(self, trainer: Any, step: int) -> None:
-        if trainer.phase.predicted:
+        if not trainer.phase.real:
             # A predicted stretch is judged by loss checks on the current points: an update that
             # falls due now waits for the next real step.
             if self.deferred is None:

@@ -21,7 +21,7 @@ def test_a_config_uses_lion_by_name_and_training_lowers_the_loss(tmp_path):
         [f"run.out_dir='{tmp_path}'", "run.steps=150", "optimizer={use='lion', lr=3e-4}",
          "observers.console.quiet=true", "lr_schedule={use='constant'}"],
     )
-    assert type(trainer.ensure_optimizer(trainer.schedule.phase(trainer))).__name__ == "Lion"
+    assert type(trainer.optimizer).__name__ == "Lion"
     before = trainer.evaluate()["eval_loss"]
     outcome = trainer.fit()
     assert outcome.status == "completed"

@@ -24,8 +24,57 @@ from hypothesis.errors import HypothesisException
 from phasetrain import hookimpl
 from phasetrain.testing import strategies
 from phasetrain.testing.bits import differences, tensors, tree_map
-from phasetrain.testing.contract import contract
+from phasetrain.testing.contract import context, contract
 from phasetrain.testing.violation import ContractViolation
+
+
+class NoOptimizerStep:
+    """Answers ``run_step`` in one phase with a forward-only loss and no optimizer step, as the
+    hybrid schedule's predicted steps do: the optimizer's state must survive that phase."""
+
+    def __init__(self, phase: str):
+        self.phase = phase
+
+    @hookimpl
+    def run_step(self, trainer: Any, phase: Any, batches: Any) -> dict[str, Any] | None:
+        if phase.name != self.phase:
+            return None
+        with torch.no_grad(), trainer.precision.autocast():
+            loss = trainer.task.loss(trainer.model, batches[0])
+        return {"loss": loss.detach(), "lr": trainer.optimizer.param_groups[0]["lr"]}
+
+
+def offload_phase(subject: Any, options: Any) -> str:
+    """The phase the strategy offloads in: ``settings.phase``, its first ``phases``, or predict."""
+    phases = getattr(options, "phases", None)
+    if subject.settings.phase:
+        return subject.settings.phase
+    if isinstance(phases, (list, tuple)) and phases and isinstance(phases[0], str):
+        return phases[0]
+    return "predict"
+
+
+def _staged(subject: Any, options: Any, steps: int) -> dict[str, Any]:
+    offloaded = offload_phase(subject, options)
+    taken = {offloaded, *(p for p in getattr(options, "phases", None) or () if isinstance(p, str))}
+
+    def free(base: str) -> str:
+        name, i = base, 0
+        while name in taken:
+            i += 1
+            name = f"{base}{i}"
+        taken.add(name)
+        return name
+
+    third = max(1, steps // 3)
+    return {"use": "staged", "stages": [
+        {"name": free("warm"), "steps": third}, {"name": offloaded, "steps": third}, {"name": free("after")},
+    ]}
+
+
+@context("offload", hooks=lambda subject, options: [NoOptimizerStep(offload_phase(subject, options))])
+def _offload_context(subject: Any, options: Any, raw: dict[str, Any]) -> None:
+    raw["schedule"] = _staged(subject, options, raw["run"]["steps"])
 
 
 def _state(trainer: Any) -> dict[str, Any]:
@@ -99,7 +148,7 @@ class _After:
 def _observe(subject: Any, data: Any) -> list[tuple[str, Probe]]:
     """Probes of one real run and of one run of phase changes on a drawn optimizer state."""
     options = data.draw(subject.options(small=True), label="options")
-    phase = subject.offload_phase(options)
+    phase = offload_phase(subject, options)
     run_probe = Probe(phase)
     trainer = subject.trainer(options, hooks=[_Before(run_probe), _After(run_probe)])
     try:

@@ -23,12 +23,36 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import torch
 from hypothesis import strategies as st
 
 from phasetrain.testing import strategies
 from phasetrain.testing.bits import differences, through_checkpoint
-from phasetrain.testing.contract import contract
+from phasetrain.testing.contract import context, contract
+
+PINN = {"use": "pinn", "hidden": 8, "depth": 2, "n_initial": 8, "n_boundary": 8, "eval_grid": [3]}
+#: Contracts that train draw a sampler's ``n`` (its point count) up to this.
+SMALL_POINTS = 64
+
+
+def _few_points(subject: Any, drawn: Any) -> Any:
+    # A PINN step costs in proportion to the points; the sampler's code path does not depend on
+    # how many. Contracts that train ask for at most SMALL_POINTS.
+    if "n" not in attrs.fields_dict(subject.options_class) or "n" in subject.settings.options:
+        return drawn
+    return drawn.flatmap(lambda o: st.integers(1, SMALL_POINTS).map(
+        lambda n: strategies.construct(type(o), {**attrs.asdict(o, recurse=False), "n": n})))
+
+
+@context("residual")
+def _residual_context(subject: Any, options: Any, raw: dict[str, Any]) -> None:
+    raw.update(task=dict(PINN), sampler={"use": "sobol", "n": 32})
+
+
+@context("sampler", small=_few_points)
+def _sampler_context(subject: Any, options: Any, raw: dict[str, Any]) -> None:
+    raw.update(task=dict(PINN), residual={"use": "poisson2d"})
 
 #: Tolerance for a problem that does not state its own ``residual_tolerance``.
 DEFAULT_TOLERANCE = 1e-6

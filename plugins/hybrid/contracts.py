@@ -22,8 +22,18 @@ import torch
 from hypothesis import strategies as st
 
 from phasetrain.testing import strategies
-from phasetrain.testing.contract import contract
 from phasetrain.testing.bits import differences, through_checkpoint
+from phasetrain.testing.contract import context, contract
+
+HYBRID = {
+    "use": "hybrid", "warmup_steps": 2, "min_full_steps": 1, "confidence_threshold": 0.0,
+    "initial_predict_steps": 2, "max_predict_steps": 4, "loss_check_every": 1, "correct_steps": 2,
+}
+
+
+@context("dynamics")
+def _dynamics_context(subject: Any, options: Any, raw: dict[str, Any]) -> None:
+    raw["schedule"] = dict(HYBRID)
 
 
 def _setup(subject: Any, data: Any) -> tuple[Any, Any, Any, list[torch.Tensor], list[strategies.TrajectoryStep]]:

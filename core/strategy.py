@@ -1,0 +1,77 @@
+"""The kernel's strategy: one process, one device.
+
+A strategy decides how the model is wrapped, how work is split across processes and how they
+agree (see :class:`phasetrain.types.Strategy`). ``single`` is the kernel's own and what a run
+uses when no plugin offers a default; distributed strategies come from plugins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from phasetrain.errors import BadInput
+from phasetrain.hookspecs import hookimpl
+from phasetrain.registry import Component, NoOptions
+
+
+def resolve_device(name: str, local_rank: int = 0, spread: bool = False) -> torch.device:
+    """``run.device`` as a torch device; ``spread`` puts plain ``cuda`` on ``cuda:local_rank``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device("cuda", local_rank) if name == "cuda" and spread else torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise BadInput(f"run.device: {name!r} is not a device ({exc})") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise BadInput(f"run.device: {name!r} was asked for but no CUDA device is available")
+        if device.index is not None and device.index >= count:
+            raise BadInput(f"run.device: {name!r}: this machine has {count} CUDA device(s)")
+    elif device.type != "cpu":
+        raise BadInput(f"run.device: {name!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return device
+
+
+class SingleProcess:
+    """One process: no wrapping, no splitting, every agreement is with oneself."""
+
+    rank, size, local_rank, main = 0, 1, 0, True
+
+    def __init__(self, options: Any = None, ctx: Any = None):
+        pass
+
+    def device(self, name: str) -> torch.device:
+        return resolve_device(name)
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def shard(self, batch: Any) -> Any:
+        return batch
+
+    def no_sync(self, module: torch.nn.Module) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+    def any(self, flag: bool) -> bool:
+        return flag
+
+    def gather(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def barrier(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@hookimpl
+def phasetrain_components() -> list[Component]:
+    return [Component("strategy", "single", SingleProcess, NoOptions, "one process on one device")]

@@ -1,0 +1,129 @@
+"""What happens after a non-finite step: the ``[nonfinite]`` kind, declared here.
+
+The kernel's step never applies a non-finite loss or gradient; it reports ``nonfinite = 1`` in
+the step's metrics. A ``nonfinite`` component decides what follows:
+
+- ``skip`` (the default): go on; after ``patience`` consecutive bad steps, warn once per streak.
+- ``rollback``: after ``patience`` consecutive bad steps, ask the loop to continue from the last
+  good checkpoint with every learning rate multiplied by ``lr_factor``; rolling back to the same
+  checkpoint more than ``max_rollbacks`` times stops the run.
+- ``stop``: after ``patience`` consecutive bad steps, stop with exit code 1, keeping the last good
+  checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import attrs
+
+from phasetrain import Component, hookimpl
+from phasetrain.config import in_range, positive
+from phasetrain.errors import TrainingFailed
+from phasetrain.registry import Kind
+
+
+@attrs.define
+class SkipOptions:
+    patience: int = attrs.field(default=3, validator=positive)  # consecutive bad steps before a warning
+
+
+@attrs.define
+class StopOptions:
+    patience: int = attrs.field(default=3, validator=positive)  # consecutive bad steps before stopping
+
+
+@attrs.define
+class RollbackOptions:
+    patience: int = attrs.field(default=3, validator=positive)  # consecutive bad steps before a rollback
+    lr_factor: float = attrs.field(default=0.5, validator=in_range(1e-6, 1.0))  # learning rates x this
+    max_rollbacks: int = attrs.field(default=3, validator=positive)  # to the same checkpoint, then stop
+
+
+class Skip:
+    """Counts consecutive non-finite steps; subclasses decide what a full streak means."""
+
+    def __init__(self, options: Any, ctx: Any):
+        self.options = options
+        self.streak = 0
+        self.total = 0
+
+    @hookimpl(tryfirst=True)
+    def post_step(self, trainer: Any, step: int, metrics: Any) -> None:
+        if not metrics.get("nonfinite"):
+            self.streak = 0
+            return
+        self.streak += 1
+        self.total += 1
+        if self.streak >= self.options.patience:
+            self.act(trainer, step)
+
+    def act(self, trainer: Any, step: int) -> None:
+        if self.streak == self.options.patience:
+            print(f"phasetrain: warning: {self.streak} consecutive non-finite steps skipped "
+                  f"(at step {step + 1})", file=sys.stderr)
+
+
+class Stop(Skip):
+    def act(self, trainer: Any, step: int) -> None:
+        raise TrainingFailed(
+            f"the loss or gradients were not finite for {self.streak} consecutive steps "
+            f"(up to step {step + 1}); the last good checkpoint is kept in {trainer.out_dir}"
+        )
+
+
+class Rollback(Skip):
+    def __init__(self, options: RollbackOptions, ctx: Any):
+        super().__init__(options, ctx)
+        self.rollbacks = 0
+        self._to_same: tuple[Any, int] = (None, 0)  # (checkpoint step, rollbacks to it)
+        self._cut = False  # a requested rollback whose learning rates are still to be cut
+
+    def act(self, trainer: Any, step: int) -> None:
+        from phasetrain import checkpoint
+
+        try:
+            path, state, _meta = checkpoint.latest_good(trainer.out_dir)
+        except Exception as exc:
+            raise TrainingFailed(f"non-finite steps and no checkpoint to roll back to: {exc}") from None
+        target, count = self._to_same
+        count = count + 1 if target == state["trainer"]["step"] else 1
+        if count > self.options.max_rollbacks:
+            raise TrainingFailed(f"still non-finite after {self.options.max_rollbacks} rollbacks to {path.name} "
+                                 "with lower learning rates; the last good checkpoint is kept")
+        self._to_same = (state["trainer"]["step"], count)
+        self.rollbacks += 1
+        self.streak = 0
+        self._cut = True
+        trainer.request_rollback(state)
+        print(f"phasetrain: rolling back to {path.name} after non-finite steps; learning rates "
+              f"x{self.options.lr_factor}", file=sys.stderr)
+
+    @hookimpl
+    def restore(self, trainer: Any) -> None:
+        if not self._cut:  # a resume, not our rollback
+            return
+        self._cut = False
+        factor = self.options.lr_factor
+        for key, optimizer in trainer.optimizers.items():
+            for group in optimizer.param_groups:
+                group["lr"] *= factor
+            scheduler = trainer.lr_schedulers.get(key)
+            if scheduler is not None and hasattr(scheduler, "base_lrs"):
+                scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+
+
+@hookimpl
+def phasetrain_kinds() -> list[Kind]:
+    return [Kind("nonfinite", "what happens after steps whose loss or gradients are not finite")]
+
+
+@hookimpl
+def phasetrain_components() -> list[Component]:
+    return [
+        Component("nonfinite", "skip", Skip, SkipOptions, "skip the step; warn after a streak", default=True),
+        Component("nonfinite", "rollback", Rollback, RollbackOptions,
+                  "back to the last good checkpoint with lower learning rates"),
+        Component("nonfinite", "stop", Stop, StopOptions, "stop with exit code 1, keeping the last good checkpoint"),
+    ]
