@@ -1,7 +1,7 @@
 """The run config: attrs classes, a project-owned cattrs converter, files and ``--set`` overrides.
 
 A config file (TOML or JSON) has a ``[run]`` table and one section per kind the installed
-plugins declare (``phasetrain plugins`` lists them)::
+plugins declare (``phasetrain kinds`` lists them)::
 
     [run]
     steps = 2000
@@ -15,7 +15,8 @@ plugins declare (``phasetrain plugins`` lists them)::
 
 Structuring is strict: unknown keys, wrong types and out-of-range values are errors that name
 the file and the dotted path of the field. Defaults live in the attrs classes only; a section a
-file leaves out gets its kind's default component, or none.
+file leaves out gets its kind's default component (or, for a kind with many, every component
+marked default), or none.
 """
 
 from __future__ import annotations
@@ -32,12 +33,7 @@ from typing import Any, ClassVar
 
 import attrs
 import cattrs
-from cattrs.errors import (
-    AttributeValidationNote,
-    ClassValidationError,
-    ForbiddenExtraKeysError,
-    IterableValidationNote,
-)
+from cattrs.errors import AttributeValidationNote, ClassValidationError, ForbiddenExtraKeysError, IterableValidationNote
 
 from phasetrain.errors import ConfigError, UnknownComponent
 from phasetrain.registry import Registry, load_registry
@@ -138,15 +134,13 @@ class Choice:
         """The Choice type for ``kind``: use it as a field type in a component's config class to
         let users pick a nested component (for example a stage's own optimizer)."""
         if kind not in cls._subclasses:
-            sub = type(f"{kind.title().replace('_', '')}Choice", (cls,), {"kind": kind})
-            cls._subclasses[kind] = attrs.frozen(sub)
+            cls._subclasses[kind] = attrs.frozen(type(f"{kind.title().replace('_', '')}Choice", (cls,), {"kind": kind}))
         return cls._subclasses[kind]
 
 
 def __getattr__(name: str) -> type[Choice]:  # OptimizerChoice, PrecisionChoice, ... for any kind
     if name.endswith("Choice") and len(name) > 6:
-        snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in name[:-6]).lstrip("_")
-        return Choice.of(snake)
+        return Choice.of("".join(f"_{c.lower()}" if c.isupper() else c for c in name[:-6]).lstrip("_"))
     raise AttributeError(f"module 'phasetrain.config' has no attribute {name!r}")
 
 
@@ -156,10 +150,6 @@ class Observer:
 
     options: Any
     enabled: bool = True
-
-
-#: Components of many-kinds a config has unless it switches them off.
-MANY_DEFAULTS: Mapping[str, Mapping[str, Mapping[str, Any]]] = {"observers": {"console": {}, "jsonl": {}}}
 
 
 @attrs.define
@@ -178,20 +168,20 @@ class Config:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name in ("run", "sections", "source", "registry"):
             raise AttributeError(name)
-        if name in self.sections:
-            return self.sections[name]
-        if any(k.key == name for k in (self.registry or load_registry()).kinds.values()):
-            return None
+        if name in self.sections or any(k.key == name for k in self._registry().kinds.values()):
+            return self.sections.get(name)
         raise AttributeError(f"the config has no section {name!r}")
+
+    def _registry(self) -> Registry:
+        return self.registry or load_registry()
 
     def section(self, kind: str) -> Any:
         """The section of ``kind`` (by kind name or section name), or ``None``."""
-        reg = self.registry or load_registry()
-        key = reg.kinds[kind].key if kind in reg.kinds else kind
-        return self.sections.get(key)
+        found = self._registry().kinds.get(kind)
+        return self.sections.get(found.key if found else kind)
 
     def to_dict(self) -> dict[str, Any]:
-        return converter_for(self.registry or load_registry()).unstructure(self)
+        return converter_for(self._registry()).unstructure(self)
 
     def hash(self) -> str:
         """A stable hash of the whole resolved config."""
@@ -204,9 +194,8 @@ class Config:
 
 
 def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}.get(
-        type(value), f"a {type(value).__name__}"
-    )
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
+    return names.get(type(value), f"a {type(value).__name__}")
 
 
 def _strict(expected: type, accepts: tuple[type, ...], label: str) -> Any:
@@ -223,75 +212,61 @@ def _noted(exc: Exception, name: str) -> Exception:
     return exc
 
 
+def _gathered(items: Iterable[tuple[str, Any]], structure: Any, what: str, cls: type) -> dict[str, Any]:
+    """``structure(name, value)`` for each item; every failure is kept, with its name as path."""
+    out, errors = {}, []
+    for name, value in items:
+        try:
+            out[name] = structure(name, value)
+        except Exception as exc:
+            errors.append(_noted(exc, name))
+    if errors:
+        raise ClassValidationError(f"While structuring {what}", errors, cls)
+    return out
+
+
 def make_converter(registry: Registry) -> cattrs.Converter:
     """The project-owned converter: strict primitives, unknown keys forbidden, sections typed
     from ``registry``'s kinds and each choice structured into its component's config class."""
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
-    conv.register_structure_hook(int, _strict(int, (int,), "an integer"))
-    conv.register_structure_hook(float, _strict(float, (int, float), "a float"))
-    conv.register_structure_hook(str, _strict(str, (str,), "a string"))
-    conv.register_structure_hook(bool, _strict(bool, (bool,), "a boolean"))
+    for kind, accepts, label in ((int, (int,), "an integer"), (float, (int, float), "a float"),
+                                 (str, (str,), "a string"), (bool, (bool,), "a boolean")):
+        conv.register_structure_hook(kind, _strict(kind, accepts, label))
 
     def structure_choice(data: Any, cls: type[Choice]) -> Choice:
-        if isinstance(data, str):  # shorthand: optimizer = "adam"
-            data = {"use": data}
+        data = {"use": data} if isinstance(data, str) else data  # shorthand: optimizer = "adam"
         if not isinstance(data, Mapping):
             raise TypeError(f"expected a table with 'use = \"name\"', got {_type_name(data)} {data!r}")
         if "use" not in data:
-            raise KeyError("use")
-        name = data["use"]
-        if not isinstance(name, str):
+            raise FieldValueError("use", 'is required: choose a component with use = "name"')
+        if not isinstance(name := data["use"], str):
             raise TypeError(f"'use' must be a component name, got {name!r}")
-        component = registry.get(cls.kind, name)
-        return cls(name, conv.structure({k: v for k, v in data.items() if k != "use"}, component.config))
-
-    def unstructure_choice(choice: Choice) -> dict[str, Any]:
-        return {"use": choice.use, **(conv.unstructure(choice.options) or {})}
+        return cls(name, conv.structure({k: v for k, v in data.items() if k != "use"}, registry.get(cls.kind, name).config))
 
     is_choice = lambda t: isinstance(t, type) and issubclass(t, Choice)  # noqa: E731
     conv.register_structure_hook_func(is_choice, structure_choice)
-    conv.register_unstructure_hook_func(is_choice, unstructure_choice)
+    conv.register_unstructure_hook_func(is_choice, lambda c: {"use": c.use, **(conv.unstructure(c.options) or {})})
 
-    def structure_many(kind: str, data: Any) -> dict[str, Observer]:
-        if not isinstance(data, Mapping):
-            raise TypeError(f"expected a table of components by name, got {_type_name(data)} {data!r}")
-        out, errors = {}, []
-        for name, options in data.items():
-            try:
-                if not isinstance(options, Mapping):
-                    raise TypeError(f"expected a table of options, got {_type_name(options)} {options!r}")
-                options = dict(options)
-                enabled = options.pop("enabled", True)
-                if not isinstance(enabled, bool):
-                    raise TypeError(f"'enabled' must be true or false, got {enabled!r}")
-                out[name] = Observer(conv.structure(options, registry.get(kind, name).config), enabled)
-            except Exception as exc:  # gathered with the entry's name as path
-                errors.append(_noted(exc, name))
-        if errors:
-            raise ClassValidationError("While structuring a table of components", errors, dict)
-        return out
+    def structure_entry(kind: str, name: str, options: Any) -> Observer:
+        if not isinstance(options, Mapping):
+            raise TypeError(f"expected a table of options, got {_type_name(options)} {options!r}")
+        options = dict(options)
+        if not isinstance(enabled := options.pop("enabled", True), bool):
+            raise TypeError(f"'enabled' must be true or false, got {enabled!r}")
+        return Observer(conv.structure(options, registry.get(kind, name).config), enabled)
+
+    def structure_section(key: str, value: Any) -> Any:
+        kind = next(k for k in registry.kinds.values() if k.key == key)
+        if not kind.many:
+            return conv.structure(value, Choice.of(kind.name))
+        if not isinstance(value, Mapping):
+            raise TypeError(f"expected a table of components by name, got {_type_name(value)} {value!r}")
+        return _gathered(value.items(), lambda n, v: structure_entry(kind.name, n, v), "a table", dict)
 
     def structure_config(data: Mapping[str, Any], _cls: type) -> Config:
-        kinds = {k.key: k for k in registry.kinds.values()}
-        sections: dict[str, Any] = {}
-        errors = []
-        try:
-            run = conv.structure(data.get("run", {}), RunConfig)
-        except Exception as exc:
-            run = None
-            errors.append(_noted(exc, "run"))
-        for key, value in data.items():
-            if key == "run" or value is None:
-                continue
-            try:
-                kind = kinds[key]
-                sections[key] = structure_many(kind.name, value) if kind.many else conv.structure(
-                    value, Choice.of(kind.name))
-            except Exception as exc:
-                errors.append(_noted(exc, key))
-        if errors:
-            raise ClassValidationError("While structuring the config", errors, Config)
-        return Config(run, sections, registry=registry)
+        parts = _gathered(data.items(), lambda k, v: conv.structure(v, RunConfig) if k == "run" else structure_section(k, v),
+                          "the config", Config)
+        return Config(parts.pop("run"), parts, registry=registry)
 
     def unstructure_config(config: Config) -> dict[str, Any]:
         out: dict[str, Any] = {"run": conv.unstructure(config.run)}
@@ -336,26 +311,20 @@ def _leaves(exc: BaseException, path: str) -> Iterable[tuple[str, str]]:
         known = [a.name for a in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
         for key in sorted(exc.extra_fields):
             full = f"{path}.{key}" if path else key
-            if full in MOVED:
-                yield full, f"has moved: use {MOVED[full]} (see CHANGELOG.md)"
-                continue
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            yield full, f"unknown key (allowed here: {', '.join(known) or 'none'}){hint}"
+            moved = f"has moved: use {MOVED[full]} (see CHANGELOG.md)" if full in MOVED else ""
+            yield full, moved or f"unknown key (allowed here: {', '.join(known) or 'none'}){hint}"
     elif isinstance(exc, FieldValueError):
         yield (f"{path}.{exc.field}" if path else exc.field), str(exc)
-    elif isinstance(exc, KeyError):
-        yield path, "is required but missing"
     else:
-        yield path, str(exc)
+        yield path, "is required but missing" if isinstance(exc, KeyError) else str(exc)
 
 
 def _origin(path: str, origins: Mapping[str, str], default: str) -> str:
     """Where the value at ``path`` came from: the ``--set`` that wrote it or under it, or the file."""
-    for key, origin in origins.items():
-        if path == key or path.startswith(key + ".") or key.startswith(path + "."):
-            return origin
-    return default
+    found = (o for k, o in origins.items() if path == k or path.startswith(k + ".") or k.startswith(path + "."))
+    return next(found, default)
 
 
 def _config_error(exc: BaseException, origins: Mapping[str, str], default_source: str) -> ConfigError:
@@ -373,10 +342,8 @@ def _config_error(exc: BaseException, origins: Mapping[str, str], default_source
 def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
+        both = isinstance(value, Mapping) and isinstance(out.get(key), dict)
+        out[key] = _deep_merge(out[key], value) if both else copy.deepcopy(value)
     return out
 
 
@@ -389,10 +356,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ConfigError("--set", key, "expected a dotted key such as optimizer.lr")
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        return parts, tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
-        value = raw  # a bare word such as adam
-    return parts, value
+        return parts, raw  # a bare word such as adam
 
 
 def read_file(path: Path) -> dict[str, Any]:
@@ -420,57 +386,45 @@ def resolve_source(name_or_path: str, registry: Registry) -> tuple[str, dict[str
     presets = registry.presets()
     if name_or_path not in presets:
         raise UnknownComponent("preset", name_or_path, presets)
-    resource, _info = presets[name_or_path]
-    text = resource.read_text() if hasattr(resource, "read_text") else Path(resource).read_text()
-    label = f"preset {name_or_path}"
+    resource, label = presets[name_or_path][0], f"preset {name_or_path}"
     try:
-        return label, tomllib.loads(text)
+        return label, tomllib.loads(resource.read_text() if hasattr(resource, "read_text") else Path(resource).read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(label, "", f"not valid TOML: {exc}") from None
 
 
-def build(
-    data: Mapping[str, Any],
-    *,
-    overrides: Iterable[str] = (),
-    source: str = "<dict>",
-    registry: Registry | None = None,
-) -> Config:
+def build(data: Mapping[str, Any], *, overrides: Iterable[str] = (), source: str = "<dict>",
+          registry: Registry | None = None) -> Config:
     """Structure raw data (plus ``--set`` overrides) into a validated :class:`Config`."""
     registry = registry or load_registry()
     kinds = {k.key: k for k in registry.kinds.values()}
     raw: dict[str, Any] = {"run": {}}
     for key, kind in kinds.items():
-        default = registry.default(kind.name)
         if kind.many:
-            raw[key] = copy.deepcopy(dict(MANY_DEFAULTS.get(key, {})))
-        elif default is not None:
-            raw[key] = {"use": default}
+            raw[key] = {name: {} for name in registry.defaults(kind.name)}
+        elif registry.defaults(kind.name):
+            raw[key] = {"use": registry.defaults(kind.name)[0]}
     # A file that chooses another component drops the default's options, keeps its own.
     single = {k for k, kind in kinds.items() if not kind.many}
     raw = _deep_merge(raw, {k: v for k, v in data.items() if k not in single})
-    for key in single & data.keys():
-        raw[key] = copy.deepcopy(data[key])
+    raw.update({key: copy.deepcopy(data[key]) for key in single & data.keys()})
     origins: dict[str, str] = {}
     for text in overrides:
         parts, value = parse_override(text)
         node = raw
         for depth, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is not None and not isinstance(child, dict):
-                where = ".".join(parts[: depth + 1])
-                raise ConfigError(f"--set {text}", where, f"is {_type_name(child)} {child!r}, not a table")
+            if (child := node.get(part)) is not None and not isinstance(child, dict):
+                raise ConfigError(f"--set {text}", ".".join(parts[: depth + 1]), f"is {_type_name(child)} {child!r}, not a table")
             node = node.setdefault(part, {}) if child is None else child
         node[parts[-1]] = value
         origins[".".join(parts)] = f"--set {text}"
-    unknown = sorted(set(raw) - set(kinds) - {"run"})
-    if unknown:
+    if unknown := sorted(set(raw) - set(kinds) - {"run"}):
         raise ConfigError(_origin(unknown[0], origins, source), unknown[0],
                           f"unknown section (sections: run, {', '.join(sorted(kinds))})")
     for key, kind in kinds.items():
         if kind.required and key not in raw:
-            example = registry.names(kind.name)[:1] or ["NAME"]
-            raise ConfigError(source, key, f'is required: choose one, e.g. [{key}] use = "{example[0]}"')
+            example = (registry.names(kind.name) or ["NAME"])[0]
+            raise ConfigError(source, key, f'is required: choose one, e.g. [{key}] use = "{example}"')
     try:
         config = converter_for(registry).structure(raw, Config)
     except (ClassValidationError, UnknownComponent, TypeError, ValueError, KeyError) as exc:
@@ -479,9 +433,7 @@ def build(
     return config
 
 
-def load(
-    name_or_path: str | Path, overrides: Iterable[str] = (), registry: Registry | None = None
-) -> Config:
+def load(name_or_path: str | Path, overrides: Iterable[str] = (), registry: Registry | None = None) -> Config:
     """Load a preset name or a TOML/JSON file, apply ``--set`` overrides, validate."""
     registry = registry or load_registry()
     label, data = resolve_source(str(name_or_path), registry)
@@ -498,16 +450,13 @@ def to_toml(config: Config) -> str:
 def _drop_none(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _drop_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, (list, tuple)):
-        return [_drop_none(v) for v in value]
-    return value
+    return [_drop_none(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def resumable_keys(config: Config) -> list[str]:
     """Dotted keys that may change between a run and its resume (field metadata and kinds)."""
-    reg = config.registry or load_registry()
     keys = [f"run.{a.name}" for a in attrs.fields(RunConfig) if a.metadata.get("resumable")]
-    keys += [k.key for k in reg.kinds.values() if k.resumable]
+    keys += [k.key for k in config._registry().kinds.values() if k.resumable]
     for key, choice in config.sections.items():
         if isinstance(choice, Choice) and attrs.has(type(choice.options)):
             keys += [f"{key}.{a.name}" for a in attrs.fields(type(choice.options)) if a.metadata.get("resumable")]
@@ -515,18 +464,14 @@ def resumable_keys(config: Config) -> list[str]:
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, Mapping):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: data}
+    if not isinstance(data, Mapping):
+        return {prefix: data}
+    return {k: v for key, value in data.items() for k, v in _flatten(value, f"{prefix}.{key}" if prefix else str(key)).items()}
 
 
 def incompatible_keys(saved: Mapping[str, Any], current: Config) -> list[str]:
     """Dotted keys whose values differ between a saved config and ``current``, bookkeeping aside."""
-    a = _flatten(json.loads(json.dumps(saved)))
-    b = _flatten(json.loads(json.dumps(current.to_dict())))
+    a, b = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(current.to_dict())))
     free = resumable_keys(current)
     return [key for key in sorted(a.keys() | b.keys())
             if not any(key == k or key.startswith(k + ".") for k in free) and a.get(key) != b.get(key)]

@@ -28,15 +28,7 @@ from phasetrain.errors import BadInput, CheckpointError, HookFailed, PhasetrainE
 from phasetrain.registry import PluginInfo, Registry, load_registry, register
 from phasetrain.state import not_plain, rng_state, set_rng_state
 from phasetrain.strategy import SingleProcess
-from phasetrain.types import (  # noqa: F401  (Phase, TrainState, Outcome: re-exported for older plugins)
-    Evaluates,
-    KnowsPhaseLengths,
-    Outcome,
-    Phase,
-    TrainState,
-    Unscales,
-    missing,
-)
+from phasetrain.types import Evaluates, KnowsPhaseLengths, Outcome, Phase, TrainState, Unscales, missing  # noqa: F401
 
 _BUILDING = object()
 
@@ -45,23 +37,14 @@ class BuildContext:
     """What a component factory may use: the config, the device, other components, and (for
     optimizers and learning-rate schedules) the parameters or optimizer to wrap."""
 
-    def __init__(self, trainer: Trainer, **extra: Any):
-        self.trainer = trainer
-        self.config = trainer.config
-        self.seed = trainer.config.run.seed
-        self.out_dir = trainer.out_dir
-        self.params: Any = extra.pop("params", None)
-        self.optimizer: Any = extra.pop("optimizer", None)
-        self.steps: int = extra.pop("steps", trainer.config.run.steps)
-        self.extra = extra
+    def __init__(self, trainer: Trainer, params: Any = None, optimizer: Any = None, steps: int | None = None,
+                 **extra: Any):
+        self.trainer, self.config, self.seed, self.out_dir = trainer, trainer.config, trainer.config.run.seed, trainer.out_dir
+        self.params, self.optimizer, self.extra = params, optimizer, extra
+        self.steps: int = trainer.config.run.steps if steps is None else steps
 
-    @property
-    def device(self) -> torch.device:
-        return self.trainer.device
-
-    @property
-    def strategy(self) -> Any:
-        return self.trainer.strategy
+    device = property(lambda self: self.trainer.device, doc="the run's torch.device")
+    strategy = property(lambda self: self.trainer.strategy, doc="the run's strategy")
 
     def component(self, kind: str) -> Any:
         """The run's component of ``kind`` (built on first use), or ``None`` if not configured."""
@@ -87,7 +70,7 @@ class Trainer:
     """
 
     def __init__(self, config: Config, *, registry: Registry | None = None, plugins: Iterable[Any] = ()):
-        self.config = config
+        self.config, self.out_dir = config, Path(config.run.out_dir)
         self.registry = registry or config.registry or load_registry()
         self.pm = self.registry.plugin_manager()
         self._labels = {id(i.plugin): i.label for i in self.registry.plugins}
@@ -98,14 +81,10 @@ class Trainer:
         self.hooks = FastHooks(self.pm)
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
-        self.out_dir = Path(config.run.out_dir)
-        self.state = TrainState()
-        self.phase: Phase | None = None
+        self.state, self.phase, self.outcome, self.resumed_from = TrainState(), None, None, None
         self.optimizers: dict[str, Any] = {}
         self.lr_schedulers: dict[str, Any] = {}
         self.last_eval: dict[str, Any] = {}
-        self.resumed_from: Path | None = None
-        self.outcome: Outcome | None = None
         self._components: dict[str, Any] = {}
         self._stop = self._save_now = False
         self._rollback: Mapping[str, Any] | None = None
@@ -118,22 +97,15 @@ class Trainer:
         self.model: torch.nn.Module = self.task.model
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.train_model: torch.nn.Module = self.strategy.wrap(self.model)  # what the real step runs
-        for kind in self.registry.kinds:
-            if kind not in ("optimizer", "lr_schedule"):
-                self.component(kind)
+        for kind in [k for k in self.registry.kinds if k not in ("optimizer", "lr_schedule")]:  # in declared order
+            self.component(kind)
         for phase in self.schedule.phases:
             self._build_optimizer(phase)
-        self._evaluates = isinstance(self.task, Evaluates)
-        self.unscales = isinstance(self.precision, Unscales)
+        self._evaluates, self.unscales = isinstance(self.task, Evaluates), isinstance(self.precision, Unscales)
 
     @classmethod
-    def from_config(
-        cls,
-        source: Config | Mapping[str, Any] | str | Path,
-        overrides: Iterable[str] = (),
-        *,
-        plugins: Iterable[PluginInfo | Any] = (),
-    ) -> Trainer:
+    def from_config(cls, source: Config | Mapping[str, Any] | str | Path, overrides: Iterable[str] = (), *,
+                    plugins: Iterable[PluginInfo | Any] = ()) -> Trainer:
         """A Trainer from a :class:`Config`, a raw mapping, a preset name or a TOML/JSON path.
 
         ``plugins`` are extra plugin objects for this run (hook recorders, or components that
@@ -143,8 +115,8 @@ class Trainer:
         plugins = list(plugins)
         registry = load_registry([p for p in plugins if isinstance(p, PluginInfo)])
         if isinstance(source, Config):
-            data, label = source.to_dict(), source.source
-            config = source if not overrides else config_mod.build(data, overrides=overrides, source=label, registry=registry)
+            config = source if not overrides else config_mod.build(
+                source.to_dict(), overrides=overrides, source=source.source, registry=registry)
         elif isinstance(source, Mapping):
             config = config_mod.build(source, overrides=overrides, registry=registry)
         else:
@@ -199,7 +171,7 @@ class Trainer:
             else:
                 built = None if section is None else self.build(section)
         finally:
-            self._components.pop(kind)
+            del self._components[kind]
         self._components[kind] = built
         return built
 
@@ -217,34 +189,16 @@ class Trainer:
             steps = schedule.steps_of(phase) if isinstance(schedule, KnowsPhaseLengths) else self.config.run.steps
             self.lr_schedulers[key] = self.build(lr_choice, optimizer=optimizer, steps=steps)
 
-    @property
-    def task(self) -> Any:
-        return self.component("task")
-
-    @property
-    def schedule(self) -> Any:
-        return self.component("schedule")
-
-    @property
-    def precision(self) -> Any:
-        return self.component("precision")
-
-    @property
-    def observers(self) -> dict[str, Any]:
-        return self.component("observer")
-
-    @property
-    def step(self) -> int:
-        return self.state.step
-
-    @property
-    def optimizer(self) -> Any:
-        """The optimizer of the current phase."""
-        return self.optimizers[self.phase.optimizer_key if self.phase else "main"]
-
-    @property
-    def lr_scheduler(self) -> Any:
-        return self.lr_schedulers.get(self.phase.optimizer_key if self.phase else "main")
+    task = property(lambda self: self.component("task"))
+    schedule = property(lambda self: self.component("schedule"))
+    precision = property(lambda self: self.component("precision"))
+    store = property(lambda self: self.component("store"))
+    observers = property(lambda self: self.component("observer"), doc="observers by name (main process only)")
+    step = property(lambda self: self.state.step, doc="completed steps")
+    optimizer = property(lambda self: self.optimizers[self.phase.optimizer_key if self.phase else "main"],
+                         doc="the optimizer of the current phase")
+    lr_scheduler = property(lambda self: self.lr_schedulers.get(self.phase.optimizer_key if self.phase else "main"),
+                            doc="the learning-rate schedule of the current phase's optimizer, if any")
 
     # -- requests: hooks ask, the loop applies them between steps ----------------------------------
 
@@ -252,16 +206,12 @@ class Trainer:
         """Stop after the current step: the run evaluates, checkpoints and ends "interrupted"."""
         self._stop = True
 
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop
-
-    @stop_requested.setter
-    def stop_requested(self, value: bool) -> None:  # the signal handler, and plugins of 0.1
-        self._stop = bool(value)
+    stop_requested = property(lambda self: self._stop, lambda self, value: setattr(self, "_stop", bool(value)),
+                              doc="whether a stop was requested (setting it is request_stop(), as in 0.1)")
 
     def request_checkpoint(self) -> None:
-        """Write a checkpoint after this step (on top of ``run.checkpoint_every``)."""
+        """Write a checkpoint after this step (on top of ``run.checkpoint_every``); every process
+        must ask."""
         self._save_now = True
 
     def request_rollback(self, state: Mapping[str, Any]) -> None:
@@ -277,8 +227,7 @@ class Trainer:
         previous = self.phase
         if previous is not None or self.state.phase != phase.name:  # a resume continues its phase
             self.state.phase_step = 0
-        self.phase = phase
-        self.state.phase = phase.name
+        self.phase, self.state.phase = phase, phase.name
         self.pm.hook.phase_enter(trainer=self, phase=phase, previous=previous)
 
     def fit(self) -> Outcome:
@@ -297,9 +246,8 @@ class Trainer:
                 if phase is not self.phase:
                     self.enter_phase(phase)
                 hooks.pre_step(trainer=self, step=step)
-                first = state.batches
+                first, scheduler = state.batches, self.lr_scheduler
                 batches = self._fetch(first) if phase.real else ()
-                scheduler = self.lr_scheduler
                 epoch = getattr(scheduler, "last_epoch", None)
                 metrics = hooks.run_step(trainer=self, step=step, phase=phase, batches=batches)
                 if state.batches != first or getattr(scheduler, "last_epoch", None) != epoch:
@@ -308,8 +256,7 @@ class Trainer:
                 state.batches = first + len(batches)
                 if phase.real and scheduler is not None:
                     scheduler.step()
-                state.step = step + 1
-                state.phase_step += 1
+                state.step, state.phase_step = step + 1, state.phase_step + 1
                 hooks.post_step(trainer=self, step=step, metrics=metrics)
                 if self._rollback is not None:
                     self.load_state_dict(self._rollback)
@@ -318,10 +265,8 @@ class Trainer:
                 if run.eval_every and state.step % run.eval_every == 0:
                     self.evaluate()
                 if self._save_now or (run.checkpoint_every and state.step % run.checkpoint_every == 0):
-                    self._save_now = False
                     self.save_checkpoint()
-            if self._stop:
-                status = "interrupted"
+            status = "interrupted" if self._stop else status
             if self._evaluated != state.step:
                 self.evaluate()
             if self._saved != state.step:
@@ -359,22 +304,23 @@ class Trainer:
         """``exc`` named after the plugin whose code raised it and the hook that was firing."""
         if not isinstance(exc, Exception) or isinstance(exc, PhasetrainError):
             return exc
-        owners: dict[Any, str] = {}
+        owners: dict[Any, str] = {}  # code object -> the plugin it belongs to
         for plugin in self.pm.get_plugins():
             label = self._labels.get(id(plugin), f"plugin {self.pm.get_name(plugin)!r}")
-            for _n, member in inspect.getmembers(plugin if inspect.ismodule(plugin) else type(plugin)):
-                code = getattr(inspect.unwrap(member), "__code__", None) if callable(member) else None
-                if code is not None and (not inspect.ismodule(plugin) or member.__module__ == plugin.__name__):
+            module = inspect.ismodule(plugin)
+            for _name, member in inspect.getmembers(plugin if module else type(plugin), callable):
+                code = getattr(inspect.unwrap(member), "__code__", None)
+                if code is not None and (not module or member.__module__ == plugin.__name__):
                     owners.setdefault(code, label)
-        hooks = {inspect.unwrap(i.function).__code__: n for n, caller in vars(self.pm.hook).items()
-                 for i in caller.get_hookimpls()}
-        frames = [f.f_code for f, _ in _frames(exc.__traceback__)]
+        hooks = {inspect.unwrap(i.function).__code__: n for n, c in vars(self.pm.hook).items() for i in c.get_hookimpls()}
+        frames, tb = [], exc.__traceback__
+        while tb is not None:
+            frames, tb = [*frames, tb.tb_frame.f_code], tb.tb_next
         hook = next((hooks[c] for c in frames if c in hooks), None)
         culprit = next((owners[c] for c in reversed(frames) if c in owners), None)
         if hook is None and culprit is None:
             return exc
-        where = f"in hook {hook}: " if hook else ""
-        who = f"{culprit} raised " if culprit else ""
+        where, who = f"in hook {hook}: " if hook else "", f"{culprit} raised " if culprit else ""
         return HookFailed(f"at step {self.state.step}, {where}{who}{type(exc).__name__}: {exc}")
 
     def evaluate(self) -> dict[str, Any]:
@@ -402,12 +348,11 @@ class Trainer:
             before = set(plugins)
             impl.function(*[{"trainer": self, "state": plugins}[a] for a in impl.argnames])
             for key in set(plugins) - before:
-                bad = not_plain(plugins[key])
-                if bad:
-                    label = self._labels.get(id(impl.plugin), repr(impl.plugin))
+                if bad := not_plain(plugins[key]):
                     raise TrainingFailed(
-                        f"{label} put {bad[1]} at {key}{'.' if bad[0] else ''}{bad[0]} into checkpoint state; "
-                        "checkpoints hold dicts, lists and tuples of tensors, numbers, strings and None")
+                        f"{self._labels.get(id(impl.plugin), impl.plugin_name)} put {bad[1]} at "
+                        f"{'.'.join(filter(None, (key, bad[0])))} into checkpoint state; checkpoints hold dicts, "
+                        "lists and tuples of tensors, numbers, strings and None")
         return {
             "model": self.model.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
@@ -421,18 +366,17 @@ class Trainer:
         """Continue from ``state`` (from :meth:`state_dict` or a checkpoint); ``restore`` fires.
         A state that does not fit this run is a :class:`CheckpointError`."""
         try:
-            per_rank = state["rng"]["per_rank"]
+            per_rank, counters = state["rng"]["per_rank"], dict(state["trainer"])
             if len(per_rank) != self.strategy.size:
                 raise CheckpointError(f"the state was written by {len(per_rank)} process(es); this run has "
                                       f"{self.strategy.size}")
+            if set(counters) != set(attrs.fields_dict(TrainState)):
+                raise CheckpointError(f"the saved counters are {sorted(counters)}, not those of a TrainState")
             self.model.load_state_dict(state["model"])
             for key, optimizer in self.optimizers.items():
                 optimizer.load_state_dict(state["optimizers"][key])
             for key, scheduler in self.lr_schedulers.items():
                 scheduler.load_state_dict(state["lr_schedulers"][key])
-            counters = dict(state["trainer"])
-            if set(counters) != set(attrs.fields_dict(TrainState)):
-                raise CheckpointError(f"the saved counters are {sorted(counters)}, not those of a TrainState")
             for key, value in counters.items():  # in place: the loop holds this object
                 setattr(self.state, key, value)
             set_rng_state(per_rank[self.strategy.rank])
@@ -448,38 +392,28 @@ class Trainer:
         A bad checkpoint is reported and the previous good one used. A checkpoint whose config
         differs in anything but bookkeeping (steps, cadences, output, observers) is refused.
         """
-        from phasetrain import checkpoint
-
-        path, state, meta = checkpoint.latest_good(self.out_dir, report)
-        differing = config_mod.incompatible_keys(meta["config"], self.config)
-        if differing:
-            free = ", ".join(config_mod.resumable_keys(self.config))
+        path, state, meta = self.store.latest(self.out_dir, report)
+        if differing := config_mod.incompatible_keys(meta["config"], self.config):
             raise BadInput(f"cannot resume from {path}: the config differs in {', '.join(differing)} "
-                           f"(only {free} may change)")
+                           f"(only {', '.join(config_mod.resumable_keys(self.config))} may change)")
         self.load_state_dict(state)
         self.resumed_from, self._saved = path, self.state.step
         return path
 
-    def save_checkpoint(self) -> Path:
-        """Write a checkpoint of the whole run (see :mod:`phasetrain.checkpoint`)."""
-        from phasetrain import checkpoint
-
-        clock = getattr(self, "_clock", None)
-        if clock is not None:  # checkpoints carry the training time so far, across resumes
-            self.state.elapsed = clock[1] + time.perf_counter() - clock[0]
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint of this step holds: :meth:`state_dict` after ``save_start``."""
         state = self.state_dict()
-        step = self.state.step
-        self.pm.hook.save_start(trainer=self, step=step, state=state)
-        bad = not_plain(state)
-        if bad:
+        self.pm.hook.save_start(trainer=self, step=self.state.step, state=state)
+        if bad := not_plain(state):
             raise TrainingFailed(f"save_start left {bad[1]} at {bad[0]} in the checkpoint state")
-        path = checkpoint.save(self, state)
+        return state
+
+    def save_checkpoint(self) -> Path:
+        """Write a checkpoint of the whole run through the run's ``[store]``."""
+        if clock := getattr(self, "_clock", None):  # checkpoints carry the training time so far
+            self.state.elapsed = clock[1] + time.perf_counter() - clock[0]
+        state, step, self._save_now = self.checkpoint_state(), self.state.step, False
+        path = self.store.save(self, state)
         self._saved = step
         self.pm.hook.save_end(trainer=self, step=step, path=path)
         return path
-
-
-def _frames(tb: Any) -> Iterable[tuple[Any, int]]:
-    while tb is not None:
-        yield tb.tb_frame, tb.tb_lineno
-        tb = tb.tb_next

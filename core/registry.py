@@ -77,6 +77,7 @@ def kernel_kinds() -> tuple[Kind, ...]:
         Kind("precision", "dtype, autocast and loss scaling", types.Precision, contracts="phasetrain.testing.precision"),
         Kind("strategy", "how the model is wrapped and work is split across processes", types.Strategy,
              resumable=True),
+        Kind("store", "where checkpoints are written and read back", types.Store),
         Kind("observer", "a logger or monitor that only listens to hooks", many=True, section="observers",
              main_only=True, resumable=True, contracts="phasetrain.testing.observer"),
     )
@@ -240,10 +241,9 @@ class Registry:
         hint = "".join(f"; {b.label} is broken ({b.error}) and may provide it" for b in self.broken)
         raise UnknownComponent(kind, name, self.names(kind), hint)
 
-    def default(self, kind: str) -> str | None:
-        """The name of the component marked ``default`` for ``kind``, if one is."""
-        names = [n for (k, n), r in self._components.items() if k == kind and r.component.default]
-        return sorted(names)[0] if names else None
+    def defaults(self, kind: str) -> list[str]:
+        """The components marked ``default`` for ``kind`` (the first is used for a single kind)."""
+        return sorted(n for (k, n), r in self._components.items() if k == kind and r.component.default)
 
     def origin(self, kind: str, name: str) -> PluginInfo:
         return self._components[(kind, name)].origin

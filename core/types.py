@@ -95,21 +95,6 @@ class Evaluates(Protocol):
 
 
 @runtime_checkable
-class ForwardLoss(Protocol):
-    """A task whose loss needs autograd for something other than the parameters (input
-    derivatives, say): the loss of ``batch`` with no parameter gradients."""
-
-    def forward_loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor: ...
-
-
-@runtime_checkable
-class RendersImages(Protocol):
-    """A task that renders its solution as images (name -> (H, W, 3) uint8 or a figure)."""
-
-    def images(self, model: torch.nn.Module) -> Mapping[str, Any]: ...
-
-
-@runtime_checkable
 class ExportsModel(Protocol):
     """A task whose saved model differs from the trained one (``load_model`` returns this)."""
 
@@ -169,14 +154,6 @@ class KnowsPhaseLengths(Protocol):
     schedules are planned over it; otherwise over ``run.steps``)."""
 
     def steps_of(self, phase: Phase) -> int: ...
-
-
-@runtime_checkable
-class KnowsStepsLeft(Protocol):
-    """A schedule that decides phase lengths as it goes and can tell how many steps are left in
-    the current phase, this one included (``None`` while it is open-ended)."""
-
-    def phase_steps_left(self, trainer: Any) -> int | None: ...
 
 
 @runtime_checkable
@@ -248,6 +225,24 @@ class Strategy(Protocol):
     def barrier(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Store(Protocol):
+    """``[store]``: where checkpoints are written and read back.
+
+    ``save(trainer, state)`` writes ``state`` (the run's ``state_dict()`` after ``save_start``)
+    as the checkpoint of ``trainer.step`` and returns where; every process calls it.
+    ``latest(path, report)`` returns ``(checkpoint, state, meta)`` for the checkpoint at
+    ``path``, or the newest good one of the run directory at ``path`` (bad ones are passed to
+    ``report``); it never runs code from a file and raises ``CheckpointError`` if none loads.
+    ``meta["config"]`` is the run's config. A store's factory also accepts ``ctx=None``, to read
+    outside a run.
+    """
+
+    def save(self, trainer: Any, state: Mapping[str, Any]) -> Any: ...
+
+    def latest(self, path: Any, report: Any = None) -> tuple[Any, dict[str, Any], dict[str, Any]]: ...
 
 
 Metrics = MutableMapping[str, Any]

@@ -1,20 +1,77 @@
-"""``phasetrain plugins``, ``phasetrain presets`` and ``phasetrain kinds``: what is installed.
+"""phasetrain's own commands: ``run``, ``config``, ``plugins``, ``presets`` and ``kinds``.
 
-Contributed through ``phasetrain_add_commands`` like any plugin's command. ``plugins`` lists
-every plugin with its distribution, the components and hooks it contributes, and every broken
-plugin with its error; ``kinds`` lists the kinds of component a config may choose, with who
-declares them and their default.
+Contributed through ``phasetrain_add_commands`` like any plugin's command, so a plugin can
+replace one. ``run`` trains (SIGINT/SIGTERM checkpoint and say how to resume); ``config`` prints
+the resolved config; ``plugins`` lists every plugin with its distribution, the components and
+hooks it contributes, and every broken plugin with its error; ``kinds`` lists the kinds of
+component a config may choose, with who declares them and their default.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import sys
 import tomllib
 from typing import Any
 
 from phasetrain import hookimpl
 
 HIDDEN = ("phasetrain_kinds", "phasetrain_components", "phasetrain_presets")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from phasetrain import config as config_mod
+    from phasetrain.loop import Trainer
+
+    trainer = Trainer(config_mod.load(args.config, args.overrides))
+    try:
+        if args.resume:
+            path = trainer.resume(report=lambda msg: print(f"phasetrain: {msg}", file=sys.stderr))
+            if trainer.strategy.main:
+                print(f"phasetrain: resuming from {path}")
+        with GracefulStop(trainer, args):
+            outcome = trainer.fit()
+    finally:
+        trainer.strategy.close()
+    return 0 if outcome.status in ("completed", "interrupted") else 1
+
+
+class GracefulStop:
+    """SIGINT/SIGTERM: finish the current step, checkpoint, say how to resume, exit 0.
+    A second signal exits at once; checkpoints are atomic, so nothing is corrupted."""
+
+    def __init__(self, trainer: Any, args: argparse.Namespace):
+        self.trainer, self.args = trainer, args
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.trainer.stop_requested:
+            os._exit(128 + signum)
+        self.trainer.request_stop()
+        print(f"\nphasetrain: {signal.Signals(signum).name} received; stopping after this step "
+              "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> GracefulStop:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        if self.trainer.stop_requested and self.trainer.strategy.main:
+            sets = "".join(f" --set {s}" for s in self.args.overrides)
+            print(f"phasetrain: stopped at step {self.trainer.state.step}; resume with:\n"
+                  f"  phasetrain run {self.args.config}{sets} --resume", flush=True)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from phasetrain import config as config_mod
+
+    print(config_mod.to_toml(config_mod.load(args.config, args.overrides)), end="")
+    return 0
 
 
 def cmd_plugins(_args: argparse.Namespace) -> int:
@@ -58,7 +115,7 @@ def cmd_kinds(_args: argparse.Namespace) -> int:
     for kind in registry.kinds.values():
         origin = registry.kind_origin(kind.name)
         who = origin.distribution if origin else "phasetrain (kernel)"
-        default = registry.default(kind.name) or ("required" if kind.required else "-")
+        default = ",".join(registry.defaults(kind.name)) or ("required" if kind.required else "-")
         section = f"[{kind.key}.NAME]" if kind.many else f"[{kind.key}]"
         print(f"{kind.name:<13} {section:<14} {who:<24} {default:<10} {kind.summary}")
     return 0
@@ -79,8 +136,18 @@ def cmd_presets(_args: argparse.Namespace) -> int:
     return 0
 
 
-@hookimpl
+@hookimpl(tryfirst=True)  # first, so that they come first in --help
 def phasetrain_add_commands(subparsers: Any) -> None:
+    run = subparsers.add_parser("run", help="train from a preset or a TOML/JSON config file")
+    run.add_argument("config", metavar="PRESET_OR_FILE")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, parsed as TOML (repeatable)")
+    run.add_argument("--resume", action="store_true", help="continue from the latest good checkpoint")
+    run.set_defaults(handler=cmd_run)
+    cfg = subparsers.add_parser("config", help="print the fully resolved config as TOML")
+    cfg.add_argument("config", metavar="PRESET_OR_FILE")
+    cfg.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    cfg.set_defaults(handler=cmd_config)
     subparsers.add_parser("plugins", help="list installed plugins, their components and distributions"
                           ).set_defaults(handler=cmd_plugins)
     subparsers.add_parser("presets", help="list the presets installed plugins offer").set_defaults(handler=cmd_presets)

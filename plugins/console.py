@@ -156,4 +156,4 @@ class Console:
 
 @hookimpl
 def phasetrain_components() -> list[Component]:
-    return [Component("observer", "console", Console, ConsoleOptions, "progress bar or lines, and a summary")]
+    return [Component("observer", "console", Console, ConsoleOptions, "progress bar or lines, and a summary", default=True)]

@@ -234,12 +234,12 @@ def render(registry: Registry | None = None) -> str:
         by = f" Declared by the `{origin.name}` plugin." if origin else ""
         if kind.many:
             heading = f"## {kind.name} (`[{kind.key}.NAME]`)"
-            on = ", ".join(f"`{n}`" for n in config_mod.MANY_DEFAULTS.get(kind.key, {})) or "none"
+            on = ", ".join(f"`{n}`" for n in registry.defaults(kind.name)) or "none"
             default = (f"Several may be on at once, each under its own name. On by default: {on}; "
                        "each also takes `enabled = false` to switch it off.")
         else:
             heading = f"## {kind.name} (`[{kind.key}]`)"
-            chosen = registry.default(kind.name)
+            chosen = (registry.defaults(kind.name) or [None])[0]
             if chosen:
                 default = f"Default: `use = \"{chosen}\"`."
             elif kind.required:

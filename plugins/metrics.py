@@ -228,5 +228,5 @@ def _train_fields(metrics: Mapping[str, Any]) -> dict[str, Any]:
 def phasetrain_components() -> list[Component]:
     return [
         Component("observer", "jsonl", JsonlMetrics, JsonlOptions,
-                  "metrics file: one JSON record per logged step, evaluation and phase change"),
+                  "metrics file: one JSON record per logged step, evaluation and phase change", default=True),
     ]

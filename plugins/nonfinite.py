@@ -81,10 +81,8 @@ class Rollback(Skip):
         self._cut = False  # a requested rollback whose learning rates are still to be cut
 
     def act(self, trainer: Any, step: int) -> None:
-        from phasetrain import checkpoint
-
         try:
-            path, state, _meta = checkpoint.latest_good(trainer.out_dir)
+            path, state, _meta = trainer.store.latest(trainer.out_dir)
         except Exception as exc:
             raise TrainingFailed(f"non-finite steps and no checkpoint to roll back to: {exc}") from None
         target, count = self._to_same

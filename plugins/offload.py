@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import torch
@@ -37,7 +37,15 @@ from phasetrain import Component, NoOptions, hookimpl
 from phasetrain.config import FieldValueError
 from phasetrain.errors import BadInput
 from phasetrain.registry import Kind
-from phasetrain.types import KnowsPhaseLengths, KnowsStepsLeft
+from phasetrain.types import KnowsPhaseLengths
+
+
+@runtime_checkable
+class KnowsStepsLeft(Protocol):
+    """A schedule that decides phase lengths as it goes and can tell how many steps are left in
+    the current phase, this one included (``None`` while it is open-ended)."""
+
+    def phase_steps_left(self, trainer: Any) -> int | None: ...
 
 
 class NoOffload:

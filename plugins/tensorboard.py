@@ -22,7 +22,7 @@ import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -30,7 +30,6 @@ from phasetrain import Component, hookimpl
 from phasetrain.config import non_negative
 from phasetrain.errors import TrainingFailed
 from phasetrain.plugins.observing import is_writer, numeric_fields
-from phasetrain.types import RendersImages
 
 STATE_KEY = "tensorboard"
 
@@ -43,6 +42,13 @@ class TensorBoardOptions:
     image_every: int = attrs.field(default=1, validator=non_negative)  # task images every N evaluations; 0: never
     hparams: bool = True  # the config and final metrics for TensorBoard's HParams tab
     log_dir: str = "tensorboard"  # relative to run.out_dir
+
+
+@runtime_checkable
+class RendersImages(Protocol):
+    """A task that renders what it computed as images: name -> (H, W, 3) uint8 array."""
+
+    def images(self, model: Any) -> Mapping[str, Any]: ...
 
 
 def check_images(images: Any, task: str) -> dict[str, Any]:

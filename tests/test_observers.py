@@ -158,10 +158,8 @@ class RollBackOnce:
     @hookimpl(tryfirst=True)
     def post_step(self, trainer, step):
         if step + 1 == self.at and not self.done:
-            from phasetrain import checkpoint
-
             self.done = True
-            _path, state, _meta = checkpoint.latest_good(trainer.out_dir)
+            _path, state, _meta = trainer.store.latest(trainer.out_dir)
             trainer.request_rollback(state)
 
 

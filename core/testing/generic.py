@@ -13,12 +13,11 @@
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
 
+from phasetrain import hookimpl
 from phasetrain.testing.bits import differences, tree_map
 from phasetrain.testing.contract import GENERIC, contract
 from phasetrain.testing.recorder import HookRecorder
@@ -81,34 +80,38 @@ def _options_in(subject: Any, config: Any) -> Any:
     return section[subject.name].options if subject.registry.kinds[subject.kind].many else section.options
 
 
+class SavedAt:
+    """Where each checkpoint of a run went (``save_end``), by step."""
+
+    def __init__(self) -> None:
+        self.paths: dict[int, Any] = {}
+
+    @hookimpl
+    def save_end(self, step: int, path: Any) -> None:
+        self.paths[step] = path
+
+
 @contract("component.checkpoint_round_trip", GENERIC, examples=2)
 def checkpoint_round_trip(subject: Any, data: Any) -> None:
     """Checkpoint -> restore is the identity on the whole state, and resuming changes nothing."""
-    from phasetrain import checkpoint
-
     options = data.draw(subject.options(small=True), label="options")
     steps = subject.settings.steps
     half = steps // 2
     cadence = {"checkpoint_every": half, "keep_checkpoints": steps}
-    first_dir = subject.run_dir()
-    first = subject.trainer(options, out_dir=first_dir, run=cadence)
+    first_saves, second_saves = SavedAt(), SavedAt()
+    first = subject.trainer(options, out_dir=subject.run_dir(), run=cadence, hooks=[first_saves])
     subject.fit(first, options)
-    middle = checkpoint.checkpoint_dir(Path(first_dir)) / checkpoint.name_for(half)
-    saved, _meta = checkpoint.load_dir(middle)
+    _path, saved, _meta = first.store.latest(first_saves.paths[half])
 
-    second_dir = subject.run_dir()
-    copy_to = checkpoint.checkpoint_dir(Path(second_dir)) / middle.name
-    shutil.copytree(middle, copy_to)
-    second = subject.trainer(options, out_dir=second_dir, run=cadence)
-    second.resume(report=lambda _line: None)
-    restored = tree_map(second.state_dict(), lambda t: t.cpu())  # as loaded: on the host
+    second = subject.trainer(options, out_dir=subject.run_dir(), run=cadence, hooks=[second_saves])
+    second.load_state_dict(saved)
+    restored = tree_map(second.checkpoint_state(), lambda t: t.cpu())  # as loaded: on the host
     diff = differences(saved, restored, volatile=subject.settings.volatile)
     if diff:
         subject.fail(f"the checkpoint written at step {half} is not what a resumed run holds after "
                      "restoring it:\n  " + "\n  ".join(diff))
     subject.fit(second, options)
-    ended = [checkpoint.load_dir(checkpoint.checkpoint_dir(Path(d)) / checkpoint.name_for(steps))[0]
-             for d in (first_dir, second_dir)]
+    ended = [t.store.latest(s.paths[steps])[1] for t, s in ((first, first_saves), (second, second_saves))]
     diff = differences(ended[0], ended[1], volatile=subject.settings.volatile)
     if diff:
         subject.fail(f"a run resumed at step {half} of {steps} ends in another state than the run that "
@@ -118,8 +121,6 @@ def checkpoint_round_trip(subject: Any, data: Any) -> None:
 @contract("component.deterministic", GENERIC, examples=2)
 def deterministic(subject: Any, data: Any) -> None:
     """Two runs from the same seed give the same losses and the same final state, bit for bit."""
-    from phasetrain import checkpoint
-
     options = data.draw(subject.options(small=True), label="options")
     seed = data.draw(st.integers(0, 2**16), label="seed")
     runs = []

@@ -45,7 +45,6 @@ def event_order(subject: Any, data: Any) -> None:
 @contract("observer.only_listens", "observer", examples=2)
 def only_listens(subject: Any, data: Any) -> None:
     """Training with the observer is bit for bit training without it."""
-    from phasetrain import checkpoint
     from phasetrain.loop import Trainer
 
     options = data.draw(subject.options(small=True), label="options")

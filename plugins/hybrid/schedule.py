@@ -30,7 +30,7 @@ weights they belong to. docs/hybrid.md discusses the choice.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import torch
@@ -38,9 +38,17 @@ import torch
 from phasetrain import Component, hookimpl
 from phasetrain.config import at_least, non_negative, positive
 from phasetrain.registry import Kind
-from phasetrain.types import ForwardLoss, Phase
+from phasetrain.types import Phase
 
 PHASES = ("warmup", "full", "predict", "correct")
+
+
+@runtime_checkable
+class ForwardLoss(Protocol):
+    """A task whose loss needs autograd for something other than the parameters (input
+    derivatives, say) offers it without parameter gradients; loss checks then use it."""
+
+    def forward_loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor: ...
 
 
 @attrs.define
