@@ -22,37 +22,16 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
 
+_LAZY = {"Trainer": "loop", "load_checkpoint": "checkpoint", "load_model": "checkpoint", "Config": "config",
+         "Phase": "types", "Outcome": "types", "TrainState": "types"}
+
+
 def __getattr__(name: str):  # the heavier modules load on first use
-    if name == "Trainer":
-        from phasetrain.loop import Trainer
+    if name not in _LAZY:
+        raise AttributeError(f"module 'phasetrain' has no attribute {name!r}")
+    import importlib
 
-        return Trainer
-    if name in ("load_checkpoint", "load_model"):
-        from phasetrain import checkpoint
-
-        return getattr(checkpoint, name)
-    if name in ("Phase", "Outcome", "TrainState"):
-        from phasetrain import types
-
-        return getattr(types, name)
-    if name == "Config":
-        from phasetrain.config import Config
-
-        return Config
-    raise AttributeError(f"module 'phasetrain' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"phasetrain.{_LAZY[name]}"), name)
 
 
-__all__ = [
-    "Component",
-    "Config",
-    "Kind",
-    "NoOptions",
-    "Outcome",
-    "Phase",
-    "Trainer",
-    "__version__",
-    "hookimpl",
-    "hookspec",
-    "load_checkpoint",
-    "load_model",
-]
+__all__ = ["Component", "Kind", "NoOptions", "__version__", "hookimpl", "hookspec", *_LAZY]

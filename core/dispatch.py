@@ -32,20 +32,14 @@ def _resolve(caller: pluggy.HookCaller) -> Callable[..., Any]:
 
     if len(calls) == 1:
         function, argnames = calls[0]
-
-        def direct(**kwargs: Any) -> Any:
-            result = function(*[kwargs[name] for name in argnames])
-            if firstresult:
-                return result
-            return [] if result is None else [result]
-
-        return direct
+        if firstresult:
+            return lambda **kwargs: function(*[kwargs[name] for name in argnames])
+        return lambda **kwargs: [r] if (r := function(*[kwargs[name] for name in argnames])) is not None else []
 
     def loop(**kwargs: Any) -> Any:
         results = []
         for function, argnames in calls:
-            result = function(*[kwargs[name] for name in argnames])
-            if result is not None:
+            if (result := function(*[kwargs[name] for name in argnames])) is not None:
                 if firstresult:
                     return result
                 results.append(result)

@@ -55,12 +55,6 @@ class BuildContext:
         return self.trainer.build(choice, **extra)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 class Trainer:
     """Runs the schedule's phases step by step and fires the hooks.
 
@@ -82,16 +76,12 @@ class Trainer:
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         self.state, self.phase, self.outcome, self.resumed_from = TrainState(), None, None, None
-        self.optimizers: dict[str, Any] = {}
-        self.lr_schedulers: dict[str, Any] = {}
-        self.last_eval: dict[str, Any] = {}
-        self._components: dict[str, Any] = {}
-        self._stop = self._save_now = False
-        self._rollback: Mapping[str, Any] | None = None
-        self._saved = self._evaluated = -1
+        self.optimizers, self.lr_schedulers, self.last_eval, self._components = {}, {}, {}, {}
+        self._stop, self._save_now, self._rollback, self._saved, self._evaluated = False, False, None, -1, -1
         self.strategy = self.component("strategy") or SingleProcess()
         self.device = self.strategy.device(config.run.device)
-        seed_everything(config.run.seed + self.strategy.rank)
+        seed = config.run.seed + self.strategy.rank  # every generator, before anything is built
+        random.seed(seed), np.random.seed(seed % 2**32), torch.manual_seed(seed)
         for kind in ("precision", "task", "schedule"):  # the model is initialised right after seeding
             self.component(kind)
         self.model: torch.nn.Module = self.task.model
@@ -114,13 +104,9 @@ class Trainer:
         """
         plugins = list(plugins)
         registry = load_registry([p for p in plugins if isinstance(p, PluginInfo)])
-        if isinstance(source, Config):
-            config = source if not overrides else config_mod.build(
-                source.to_dict(), overrides=overrides, source=source.source, registry=registry)
-        elif isinstance(source, Mapping):
-            config = config_mod.build(source, overrides=overrides, registry=registry)
-        else:
-            config = config_mod.load(source, overrides, registry=registry)
+        label, data = ((source.source, source.to_dict()) if isinstance(source, Config) else ("<dict>", source)
+                       if isinstance(source, Mapping) else config_mod.resolve_source(str(source), registry))
+        config = config_mod.build(data, overrides=overrides, source=label, registry=registry)
         return cls(config, registry=registry, plugins=[p for p in plugins if not isinstance(p, PluginInfo)])
 
     # -- construction ---------------------------------------------------------------------------
@@ -136,15 +122,14 @@ class Trainer:
         return self._make(choice.kind, choice.use, choice.options, **extra)
 
     def _make(self, kind: str, name: str, options: Any, **extra: Any) -> Any:
-        origin = self.registry.origin(kind, name)
+        component, origin, protocol = self.registry.get(kind, name), self.registry.origin(kind, name), self.registry.kinds[kind].protocol
         label = f"{kind} {name!r} from {origin.distribution} {origin.version}".rstrip()
         try:
-            obj = self.registry.get(kind, name).factory(options, BuildContext(self, **extra))
+            obj = component.factory(options, BuildContext(self, **extra))
         except PhasetrainError:
             raise
         except Exception as exc:
             raise PluginError(f"{label} failed to build: {type(exc).__name__}: {exc}") from exc
-        protocol = self.registry.kinds[kind].protocol
         if obj is not None and protocol is not None and not isinstance(obj, protocol):
             raise PluginError(f"{label} built a {type(obj).__name__}, which lacks "
                               f"{', '.join(missing(obj, protocol))} (see phasetrain.types.{protocol.__name__})")
@@ -155,14 +140,12 @@ class Trainer:
     def component(self, kind: str) -> Any:
         """The run's component of ``kind``, built on first use; ``None`` if not configured (a
         dict of them by name for a kind with many)."""
-        found = self._components.get(kind)
-        if found is _BUILDING:
-            raise PluginError(f"components depend on each other in a circle through {kind!r}")
-        if found is not None or kind in self._components:
+        if (found := self._components.get(kind, _BUILDING)) is not _BUILDING:
             return found
+        if kind in self._components:
+            raise PluginError(f"components depend on each other in a circle through {kind!r}")
         spec = self.registry.kind(kind)
-        section = self.config.sections.get(spec.key)
-        self._components[kind] = _BUILDING
+        section, self._components[kind] = self.config.sections.get(spec.key), _BUILDING
         try:
             if spec.main_only and not self.strategy.main:
                 built = {} if spec.many else None
@@ -222,8 +205,7 @@ class Trainer:
 
     def enter_phase(self, phase: Phase) -> None:
         if phase not in self.schedule.phases:
-            raise PluginError(f"schedule {self.config.schedule.use!r} returned phase {phase.name!r}, "
-                              "which its `phases` does not list")
+            raise PluginError(f"the schedule returned phase {phase.name!r}, which its `phases` does not list")
         previous = self.phase
         if previous is not None or self.state.phase != phase.name:  # a resume continues its phase
             self.state.phase_step = 0

@@ -143,7 +143,7 @@ class Registry:
 
     def __init__(self, plugins: Iterable[PluginInfo]):
         self.plugins: list[PluginInfo] = []
-        self.broken: list[PluginInfo] = []
+        self.broken: list[PluginInfo] = [info for info in plugins if info.error]
         self.kinds: dict[str, Kind] = {k.name: k for k in kernel_kinds()}
         self._kind_origin: dict[str, PluginInfo] = {}
         self._components: dict[tuple[str, str], Registered] = {}
@@ -151,68 +151,44 @@ class Registry:
         self._presets: dict[str, tuple[Any, PluginInfo]] = {}
         pm = pluggy.PluginManager(hookspecs.PROJECT)
         pm.add_hookspecs(hookspecs)
-        ok = []
-        for info in plugins:
-            if info.error:
-                self.broken.append(info)
-                continue
+        asked = []
+        for info in (i for i in plugins if not i.error):
             try:
-                pm.register(info.plugin, name=f"{info.distribution}:{info.name}")
-                pm.check_pending()
-            except (pluggy.PluginValidationError, ValueError) as exc:
-                if pm.is_registered(info.plugin):
-                    pm.unregister(info.plugin)
-                self.broken.append(attrs.evolve(info, error=_first_line(exc)))
-                continue
-            ok.append(info)
-        asked = [(info, self._ask(pm, info)) for info in ok]
-        for info, answers in asked:  # kinds first: components may be of a kind declared later
-            if answers is not None:
-                for kind in answers[0]:
+                register(pm, info.plugin, f"{info.distribution}:{info.name}", "")
+                answers = [self._ask(pm, info, hook) for hook in ("phasetrain_kinds", "phasetrain_components")]
+                presets = self._ask(pm, info, "phasetrain_presets")
+                for kind in answers[0]:  # kinds first: a component may be of a kind declared later
                     self._add_kind(kind, info)
-        for info, answers in asked:
-            if answers is None:
-                continue
-            bad = [c for c in answers[1] if not isinstance(c, Component) or c.kind not in self.kinds]
-            if bad:
-                self._break(info, _describe_bad(bad[0], self.kinds))
+                asked.append((info, answers[1], presets))
+            except Exception as exc:  # foreign code: any failure makes the plugin broken, nothing else
+                self.broken.append(attrs.evolve(info, error=str(exc) if isinstance(exc, PluginError) else
+                                                f"{type(exc).__name__}: {exc}"))
+        for info, components, presets in asked:
+            if bad := [c for c in components if not isinstance(c, Component) or c.kind not in self.kinds]:
+                what = f"component {bad[0].name!r} of unknown kind {bad[0].kind!r}" if isinstance(bad[0], Component) else repr(bad[0])
+                self.broken.append(attrs.evolve(info, error=f"phasetrain_components returned {what} (kinds: "
+                                                f"{', '.join(self.kinds)}; a new kind is declared with phasetrain_kinds)"))
                 continue
             self.plugins.append(info)
-            for component in answers[1]:
+            for component in components:
                 self._add(component, info)
-            for name, path in answers[2].items():
-                if name in self._presets:
-                    other = self._presets[name][1]
-                    warnings.warn(f"preset {name!r} is offered by {other.label} and by {info.label}; "
-                                  f"using the first", PluginWarning, stacklevel=2)
-                    continue
-                self._presets[name] = (path, info)
+            for name, path in presets.items():
+                self._presets.setdefault(name, (path, info))
         self.plugins.sort(key=lambda p: (not p.builtin, p.distribution, p.name))
 
-    def _ask(self, pm: pluggy.PluginManager, info: PluginInfo) -> tuple[list, list, dict] | None:
-        """The plugin's kinds, components and presets; a plugin whose hooks raise is broken."""
-        try:
-            found = []
-            for hook in ("phasetrain_kinds", "phasetrain_components", "phasetrain_presets"):
-                impl = next((i for i in getattr(pm.hook, hook).get_hookimpls() if i.plugin is info.plugin), None)
-                found.append((impl.function() if impl else None) or ({} if hook == "phasetrain_presets" else []))
-            return list(found[0]), list(found[1]), dict(found[2])
-        except Exception as exc:  # foreign code: any failure makes the plugin broken, nothing else
-            self._break(info, f"{type(exc).__name__}: {exc}")
-            return None
-
-    def _break(self, info: PluginInfo, error: str) -> None:
-        self.broken.append(attrs.evolve(info, error=error))
+    @staticmethod
+    def _ask(pm: pluggy.PluginManager, info: PluginInfo, hook: str) -> Any:
+        impl = next((i for i in getattr(pm.hook, hook).get_hookimpls() if i.plugin is info.plugin), None)
+        found = (impl.function() if impl else None) or ()
+        return dict(found) if hook == "phasetrain_presets" else list(found)
 
     def _add_kind(self, kind: Kind, info: PluginInfo) -> None:
         if not isinstance(kind, Kind):
-            return self._break(info, f"phasetrain_kinds returned {kind!r}; expected phasetrain.registry.Kind objects")
+            raise PluginError(f"phasetrain_kinds returned {kind!r}; expected phasetrain.registry.Kind objects")
         if kind.name in self.kinds:
             other = self._kind_origin.get(kind.name)
-            where = other.label if other else "the phasetrain kernel"
-            return self._break(info, f"declares kind {kind.name!r}, which {where} already declares")
-        self.kinds[kind.name] = kind
-        self._kind_origin[kind.name] = info
+            raise PluginError(f"declares kind {kind.name!r}, which {other.label if other else 'the kernel'} declares")
+        self.kinds[kind.name], self._kind_origin[kind.name] = kind, info
 
     def _add(self, component: Component, info: PluginInfo) -> None:
         key = (component.kind, component.name)
@@ -220,7 +196,7 @@ class Registry:
             self._conflicts[key] += f" and by {info.label}"
         elif key in self._components:
             other = self._components.pop(key).origin
-            self._conflicts[key] = f"{component.kind} {component.name!r} is registered twice: by {other.label} and by {info.label}"
+            self._conflicts[key] = f"{key[0]} {key[1]!r} is registered twice: by {other.label} and by {info.label}"
         else:
             self._components[key] = Registered(component, info)
 
@@ -233,8 +209,7 @@ class Registry:
 
     def get(self, kind: str, name: str) -> Component:
         """The component of ``kind`` called ``name``; an error lists the available names."""
-        found = self._components.get((kind, name))
-        if found is not None:
+        if (found := self._components.get((kind, name))) is not None:
             return found.component
         if (kind, name) in self._conflicts:
             raise PluginError(self._conflicts[(kind, name)] + "; uninstall one of them")
@@ -264,19 +239,13 @@ class Registry:
         return dict(sorted(self._presets.items()))
 
     def warn_broken(self) -> None:
-        for info in self.broken:
-            warnings.warn(f"{info.label} is broken and was skipped: {info.error}", PluginWarning, stacklevel=2)
-        for text in self.conflicts():
-            warnings.warn(f"{text}; neither is used", PluginWarning, stacklevel=2)
-
-    # -- plugin managers ------------------------------------------------------------------------
+        for text in [f"{i.label} is broken and was skipped: {i.error}" for i in self.broken] + [
+                f"{c}; neither is used" for c in self.conflicts()]:
+            warnings.warn(text, PluginWarning, stacklevel=2)
 
     def plugin_manager(self) -> pluggy.PluginManager:
-        """A fresh plugin manager with every working plugin registered and checked.
-
-        Each run gets its own manager, so components registered for one run never hear another
-        run's hooks.
-        """
+        """A fresh plugin manager with every working plugin registered: each run gets its own, so
+        components registered for one run never hear another run's hooks."""
         pm = pluggy.PluginManager(hookspecs.PROJECT)
         pm.add_hookspecs(hookspecs)
         for info in self.plugins:
@@ -285,25 +254,15 @@ class Registry:
 
     def label_of(self, plugin: Any) -> str:
         """Who a registered plugin object is, for error messages."""
-        for info in self.plugins:
-            if info.plugin is plugin:
-                return info.label
-        return f"plugin {getattr(plugin, '__name__', type(plugin).__name__)!r}"
-
-
-def _describe_bad(component: Any, kinds: Iterable[str]) -> str:
-    if not isinstance(component, Component):
-        return f"phasetrain_components returned {component!r}; expected phasetrain.registry.Component objects"
-    return (f"component {component.name!r} is of unknown kind {component.kind!r} (kinds: {', '.join(kinds)}); "
-            "a new kind is declared with the phasetrain_kinds hook")
+        found = (info.label for info in self.plugins if info.plugin is plugin)
+        return next(found, f"plugin {getattr(plugin, '__name__', type(plugin).__name__)!r}")
 
 
 def _first_line(exc: Exception) -> str:
     """pluggy's message in one line, without object reprs: ``unknown hook 'post_stp'``, or
     ``hook 'post_step': Argument(s) {'bogus'} are declared in the hookimpl but ...``."""
     lines = str(exc).splitlines() or [type(exc).__name__]
-    hook = re.search(r"for hook '(\w+)'", lines[0])
-    if hook:
+    if hook := re.search(r"for hook '(\w+)'", lines[0]):
         return f"hook {hook.group(1)!r}: {lines[-1]}"
     return re.sub(r" in plugin <.*$", "", lines[0])
 
@@ -314,14 +273,15 @@ def register(pm: pluggy.PluginManager, plugin: Any, name: str, label: str) -> No
         pm.register(plugin, name=name)
         pm.check_pending()
     except (pluggy.PluginValidationError, ValueError) as exc:
-        raise PluginError(f"{label}: {_first_line(exc)}") from None
+        if pm.is_registered(plugin):
+            pm.unregister(plugin)
+        raise PluginError(f"{label}: {_first_line(exc)}" if label else _first_line(exc)) from None
 
 
 def discover(autoload: bool | None = None) -> list[PluginInfo]:
     """Load the ``phasetrain`` entry points; with autoload off, only phasetrain's own. One that
     fails to import comes back with ``error`` set, naming its distribution and the cause."""
-    if autoload is None:
-        autoload = os.environ.get(AUTOLOAD_ENV, "") in ("", "0")
+    autoload = os.environ.get(AUTOLOAD_ENV, "") in ("", "0") if autoload is None else autoload
     found: list[PluginInfo] = []
     seen: set[tuple[str, str]] = set()
     for dist in importlib.metadata.distributions():

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from phasetrain.types import walk
 
 #: Leaves a checkpoint may hold (containers: dict, list, tuple); nothing else is written.
 PLAIN = (torch.Tensor, bool, int, float, str, bytes, type(None), torch.dtype, torch.device)
@@ -40,19 +39,16 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def not_plain(state: Any) -> tuple[str, str] | None:
-    """The path and type of the first leaf or dict key that a checkpoint cannot hold, or None."""
-    for path, value in walk(state):
-        if not isinstance(value, PLAIN):
-            return path, type(value).__name__
-    stack = [("", state)]
-    while stack:
-        path, node = stack.pop()
-        if isinstance(node, Mapping):
-            for key, item in node.items():
-                if not isinstance(key, (str, int)):
-                    return f"{path}[{key!r}]", f"a {type(key).__name__} key"
-                stack.append((f"{path}.{key}" if path else str(key), item))
-        elif isinstance(node, (list, tuple)):
-            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(node))
-    return None
+def not_plain(state: Any, path: str = "") -> tuple[str, str] | None:
+    """The path and type of the first value or dict key a checkpoint cannot hold, or None."""
+    if isinstance(state, Mapping):
+        for key, item in state.items():
+            where = f"{path}.{key}" if path else str(key)
+            if not isinstance(key, (str, int)):
+                return where, f"a {type(key).__name__} key"
+            if found := not_plain(item, where):
+                return found
+        return None
+    if isinstance(state, (list, tuple)):
+        return next((f for i, item in enumerate(state) if (f := not_plain(item, f"{path}[{i}]"))), None)
+    return None if isinstance(state, PLAIN) else (path, type(state).__name__)

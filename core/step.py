@@ -16,6 +16,7 @@ next is the ``[nonfinite]`` plugin's policy.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ class NonFiniteStep(Exception):
 
 
 _FLAGS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+_NULL = contextlib.nullcontext()
 
 
 def finite(loss: torch.Tensor, params: list[torch.Tensor], check_grads: bool) -> bool:
@@ -46,16 +48,11 @@ def finite(loss: torch.Tensor, params: list[torch.Tensor], check_grads: bool) ->
     Uses the fused check that torch's GradScaler uses (one kernel per device and dtype, scale 1,
     which leaves the values bit for bit as they were): a per-step guard has to be cheap.
     """
-    tensors = [loss]
-    if check_grads:
-        tensors += [p.grad for p in params if p.grad is not None]
     groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-    for t in tensors:
+    for t in [loss, *(p.grad for p in params if p.grad is not None)] if check_grads else [loss]:
         groups.setdefault((t.device, t.dtype), []).append(t)
     for (device, _dtype), group in groups.items():
-        if device not in _FLAGS:
-            _FLAGS[device] = (torch.zeros(1, device=device), torch.ones(1, device=device))
-        found, one = _FLAGS[device]
+        found, one = _FLAGS.get(device) or _FLAGS.setdefault(device, (torch.zeros(1, device=device), torch.ones(1, device=device)))
         found.zero_()
         torch._amp_foreach_non_finite_check_and_unscale_(group, found, one)
         if found.item():
@@ -67,28 +64,20 @@ def finite(loss: torch.Tensor, params: list[torch.Tensor], check_grads: bool) ->
 def run_step(trainer: Trainer, step: int, phase: Phase, batches: Sequence[Any]) -> dict[str, Any]:
     task, model, precision, strategy = trainer.task, trainer.train_model, trainer.precision, trainer.strategy
     optimizer, params, hooks = trainer.optimizer, trainer.trainable, trainer.hooks
-    accum = len(batches)
-    last = accum - 1
+    accum, last = len(batches), len(batches) - 1
     unscale = precision.unscale if trainer.unscales else None
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         total = None
         for i, batch in enumerate(batches):
-            if i < last:  # gradients of the earlier micro-batches are not exchanged yet
-                with strategy.no_sync(model):
-                    with precision.autocast():
-                        loss = task.loss(model, batch)
-                    loss = loss / accum
-                    precision.backward(loss)
-            else:
+            with strategy.no_sync(model) if i < last else _NULL:  # earlier micro-batches: nothing exchanged yet
                 with precision.autocast():
                     loss = task.loss(model, batch)
-                if accum > 1:
-                    loss = loss / accum
+                loss = loss / accum if accum > 1 else loss
                 precision.backward(loss)
             total = loss.detach() if total is None else total + loss.detach()
-        if unscale is not None:
+        if unscale is not None and finite(total, params, False):  # a non-finite loss leaves the scaler alone
             unscale(optimizer)
         if not finite(total, params, not precision.handles_overflow):
             raise NonFiniteStep(total)

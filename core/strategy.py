@@ -19,20 +19,16 @@ from phasetrain.registry import Component, NoOptions
 
 def resolve_device(name: str, local_rank: int = 0, spread: bool = False) -> torch.device:
     """``run.device`` as a torch device; ``spread`` puts plain ``cuda`` on ``cuda:local_rank``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+    name = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
     try:
         device = torch.device("cuda", local_rank) if name == "cuda" and spread else torch.device(name)
     except (RuntimeError, ValueError) as exc:
         raise BadInput(f"run.device: {name!r} is not a device ({exc})") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise BadInput(f"run.device: {name!r} was asked for but no CUDA device is available")
-        if device.index is not None and device.index >= count:
-            raise BadInput(f"run.device: {name!r}: this machine has {count} CUDA device(s)")
-    elif device.type != "cpu":
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.type not in ("cpu", "cuda"):
         raise BadInput(f"run.device: {name!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if device.type == "cuda" and (count == 0 or (device.index or 0) >= count):
+        raise BadInput(f"run.device: {name!r} was asked for but this machine has {count} CUDA device(s)")
     return device
 
 
@@ -66,10 +62,10 @@ class SingleProcess:
         return [obj]
 
     def barrier(self) -> None:
-        pass
+        """Nothing to wait for."""
 
     def close(self) -> None:
-        pass
+        """Nothing to leave."""
 
 
 @hookimpl

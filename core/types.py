@@ -8,7 +8,7 @@ Optional capabilities are protocols of their own, so nothing probes an object wi
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
@@ -245,10 +245,6 @@ class Store(Protocol):
     def latest(self, path: Any, report: Any = None) -> tuple[Any, dict[str, Any], dict[str, Any]]: ...
 
 
-Metrics = MutableMapping[str, Any]
-StateTree = Mapping[str, Any]
-
-
 def missing(obj: Any, protocol: type) -> list[str]:
     """The members of ``protocol`` that ``obj`` lacks (what an ``isinstance`` check refused)."""
     names: set[str] = set()
@@ -256,15 +252,3 @@ def missing(obj: Any, protocol: type) -> list[str]:
         if base.__module__ not in ("typing", "builtins"):
             names |= {n for n in vars(base) if not n.startswith("_")} | set(getattr(base, "__annotations__", {}))
     return sorted(n for n in names if not hasattr(obj, n))
-
-
-def walk(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
-    """Every leaf of nested dicts, lists and tuples with its path (``a.b[2]``)."""
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from walk(item, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            yield from walk(item, f"{path}[{index}]")
-    else:
-        yield path, value

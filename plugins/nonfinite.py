@@ -114,7 +114,8 @@ class Rollback(Skip):
 
 @hookimpl
 def phasetrain_kinds() -> list[Kind]:
-    return [Kind("nonfinite", "what happens after steps whose loss or gradients are not finite")]
+    return [Kind("nonfinite", "what happens after steps whose loss or gradients are not finite",
+                 contracts="phasetrain.plugins.generic_contracts")]
 
 
 @hookimpl

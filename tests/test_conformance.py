@@ -22,7 +22,6 @@ NOT_COVERED = {
     "lr_schedule": "no learning-rate schedule contract yet (they are torch.optim.lr_scheduler objects)",
     "strategy": "strategies are exercised by the multi-process tests (tests/test_distributed.py)",
     "store": "stores are exercised by tests/test_resume.py (atomic writes, corrupt and malicious files)",
-    "nonfinite": "non-finite policies are exercised by tests/test_guard.py on constructed loss sequences",
 }
 
 #: Built-ins that break a contract today, the settings that step around it in the sweep below,

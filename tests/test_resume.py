@@ -41,6 +41,8 @@ def interrupted_then_resumed(preset, overrides, stop):
 CASES = {
     "single": ("regression", ["run.steps=24", "lr_schedule.use='cosine'"]),
     "staged-lbfgs": ("regression-lbfgs", ["run.steps=24", "task.n_train=256"]),
+    "ema-and-clipping": ("regression", ["run.steps=24", "run.eval_every=5", "averaging={use='ema', decay=0.9}",
+                                        "grad_clip={use='norm', max_norm=0.05}"]),
 }
 
 
@@ -58,6 +60,10 @@ def test_resume_equals_uninterrupted(case, stop, tmp_path_factory):
     resumed = interrupted_then_resumed(preset, [*common, f"run.out_dir='{base / 'b'}'"], stop)
     for (name, a), b in zip(final_state(whole).items(), final_state(resumed).values(), strict=True):
         assert torch.equal(a, b), f"{name} differs after resuming at step {stop}"
+    if case == "ema-and-clipping":  # the average, and the weights the run trained (not the average)
+        for a, b in zip(whole.component("averaging").average, resumed.component("averaging").average, strict=True):
+            assert torch.equal(a, b), f"the average differs after resuming at step {stop}"
+        assert whole.last_eval == resumed.last_eval
     for key, opt in resumed.optimizers.items():
         sa, sb = whole.optimizers[key].state_dict()["state"], opt.state_dict()["state"]
         for pid in sa:

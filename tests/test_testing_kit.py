@@ -412,9 +412,11 @@ def test_the_pytest_plugin_offers_fixtures_and_the_component_marker(tmp_path):
 
 def test_the_guide_names_every_contract_and_setting():
     from phasetrain.testing import CONTRACTS, Settings
+    from phasetrain.testing.kit import load_contracts
 
+    load_contracts(Registry(discover(autoload=False)))
     guide = (ROOT / "docs" / "testing-plugins.md").read_text()
-    for name in CONTRACTS:
+    for name in [n for n, c in CONTRACTS.items() if c.body.__module__.startswith("phasetrain.")]:
         assert f"| `{name}` |" in guide, f"docs/testing-plugins.md does not describe {name}"
     for field in attrs.fields(Settings):
         assert f"| `{field.name}` |" in guide, f"docs/testing-plugins.md does not describe the setting {field.name}"

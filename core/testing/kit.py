@@ -31,18 +31,21 @@ def kinds_with_contracts(registry: Any = None) -> list[str]:
     """Component kinds the kit has contracts for (the generic ones apply to these kinds only:
     the kit knows how to build them in a context of their own)."""
     from phasetrain.registry import load_registry
+    from phasetrain.testing.contract import CONTEXTS
 
     registry = registry or load_registry()
     load_contracts(registry)
-    own = {c.kind for c in CONTRACTS.values() if c.kind != GENERIC}
+    own = {c.kind for c in CONTRACTS.values() if c.kind != GENERIC} | set(CONTEXTS)
     return [kind for kind in registry.kinds if kind in own]
 
 
 def contracts_for(kind: str, registry: Any = None) -> list[Contract]:
     """The contracts a component of ``kind`` must meet: the generic ones first, then its own."""
+    from phasetrain.testing.contract import CONTEXTS
+
     load_contracts(registry)
     own = [c for c in CONTRACTS.values() if c.kind == kind]
-    if not own:
+    if not own and kind not in CONTEXTS:
         return []
     return [c for c in CONTRACTS.values() if c.kind == GENERIC] + own
 
