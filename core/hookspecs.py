@@ -192,15 +192,17 @@ def run_step(trainer: Trainer, step: int, phase: Phase, batches: Sequence[Any]) 
 
 
 @hookspec
-def after_backward(trainer: Trainer, step: int, optimizer: Any, micro_batches: int) -> None:
-    """Gradients are ready: backward ran for all ``micro_batches`` of the step and the optimizer
-    has not used them yet.
+def after_backward(trainer: Trainer, step: int, optimizer: Any, micro_batches: int, loss: Any) -> None:
+    """Gradients are ready: backward ran for all ``micro_batches`` of the step (whose summed
+    loss is ``loss``, detached) and the optimizer has not used them yet.
 
     Fires from the real step each time its closure is evaluated (once per step for ordinary
     optimizers; a closure optimizer such as L-BFGS may evaluate it several times). Gradients are
-    unscaled (a loss-scaling precision policy divides them back first) and finite unless the
-    policy handles overflow. Modify ``p.grad`` in place to clip or add noise; record what you
-    measured and add it to the metrics in ``post_step``.
+    unscaled (a loss-scaling precision policy divides them back first). Modify ``p.grad`` in place
+    to clip or add noise; record what you measured and add it to the metrics in ``post_step``. To
+    abandon the step without an optimizer update, call ``trainer.request_skip_step()`` (the
+    ``[nonfinite]`` policies do, for a loss or gradient that is not finite; they are
+    ``tryfirst``): the step then reports ``skipped = 1``.
     """
 
 

@@ -78,6 +78,7 @@ class Trainer:
         self.state, self.phase, self.outcome, self.resumed_from = TrainState(), None, None, None
         self.optimizers, self.lr_schedulers, self.last_eval, self._components = {}, {}, {}, {}
         self._stop, self._save_now, self._rollback, self._saved, self._evaluated = False, False, None, -1, -1
+        self.skip_requested = False
         self.strategy = self.component("strategy") or SingleProcess()
         self.device = self.strategy.device(config.run.device)
         seed = config.run.seed + self.strategy.rank  # every generator, before anything is built
@@ -191,6 +192,10 @@ class Trainer:
 
     stop_requested = property(lambda self: self._stop, lambda self, value: setattr(self, "_stop", bool(value)),
                               doc="whether a stop was requested (setting it is request_stop(), as in 0.1)")
+
+    def request_skip_step(self) -> None:
+        """From ``after_backward``: end this step without an optimizer update (``skipped = 1``)."""
+        self.skip_requested = True
 
     def request_checkpoint(self) -> None:
         """Write a checkpoint after this step (on top of ``run.checkpoint_every``); every process

@@ -6,12 +6,12 @@ micro-batches; it hands a closure to the precision policy, which runs it through
 The closure is re-entrant: closure-based optimizers such as L-BFGS may call it several times,
 always on the same micro-batches.
 
-Inside the closure, after backward of every micro-batch: the policy unscales the gradients (if
-it scales them), the loss and gradients are checked to be finite, and ``after_backward`` fires.
-A non-finite loss or gradient raises before the optimizer touches anything, so it is never
-applied; for closure optimizers, which may have moved the weights inside a line search, the
-weights and optimizer state are put back. The step then reports ``nonfinite = 1``; what happens
-next is the ``[nonfinite]`` plugin's policy.
+Inside the closure, after backward of every micro-batch, the policy unscales the gradients (if it
+scales them) and ``after_backward`` fires. A plugin that finds the loss or the gradients unusable
+(the ``[nonfinite]`` policies check that they are finite) calls ``trainer.request_skip_step()``:
+the closure then raises before the optimizer touches anything, so nothing is applied; for closure
+optimizers, which may have moved the weights inside a line search, the weights and optimizer
+state are put back. The step reports ``skipped = 1``.
 """
 
 from __future__ import annotations
@@ -29,43 +29,32 @@ if TYPE_CHECKING:
     from phasetrain.loop import Trainer
     from phasetrain.types import Phase
 
-
-class NonFiniteStep(Exception):
-    """Raised inside the closure to abandon a step whose loss or gradients are not finite."""
-
-    def __init__(self, loss: torch.Tensor):
-        self.loss = loss
-        super().__init__("non-finite loss or gradient")
-
-
-_FLAGS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 _NULL = contextlib.nullcontext()
 
 
-def finite(loss: torch.Tensor, params: list[torch.Tensor], check_grads: bool) -> bool:
-    """True when ``loss`` (and, if asked, every gradient) is finite.
+class SkipStep(Exception):
+    """Raised inside the closure to abandon a step that a plugin asked to skip."""
 
-    Uses the fused check that torch's GradScaler uses (one kernel per device and dtype, scale 1,
-    which leaves the values bit for bit as they were): a per-step guard has to be cheap.
-    """
-    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-    for t in [loss, *(p.grad for p in params if p.grad is not None)] if check_grads else [loss]:
-        groups.setdefault((t.device, t.dtype), []).append(t)
-    for (device, _dtype), group in groups.items():
-        found, one = _FLAGS.get(device) or _FLAGS.setdefault(device, (torch.zeros(1, device=device), torch.ones(1, device=device)))
-        found.zero_()
-        torch._amp_foreach_non_finite_check_and_unscale_(group, found, one)
-        if found.item():
-            return False
-    return True
+    def __init__(self, loss: torch.Tensor):
+        self.loss = loss
+        super().__init__("the step was skipped")
+
+
+def _parts(trainer: Trainer, phase: Phase) -> tuple[Any, ...]:
+    """What the step uses, looked up once per phase (and per wrapped model): it runs every step."""
+    cached = trainer.__dict__.get("_step_parts")
+    if cached is None or cached[0] is not phase or cached[1] is not trainer.train_model:
+        precision, optimizer = trainer.precision, trainer.optimizer
+        cached = trainer.__dict__["_step_parts"] = (
+            phase, trainer.train_model, trainer.task, precision, trainer.strategy, optimizer, trainer.trainable,
+            trainer.hooks, precision.unscale if trainer.unscales else None, getattr(optimizer, "requires_closure", False))
+    return cached
 
 
 @hookimpl(trylast=True)
 def run_step(trainer: Trainer, step: int, phase: Phase, batches: Sequence[Any]) -> dict[str, Any]:
-    task, model, precision, strategy = trainer.task, trainer.train_model, trainer.precision, trainer.strategy
-    optimizer, params, hooks = trainer.optimizer, trainer.trainable, trainer.hooks
+    _phase, model, task, precision, strategy, optimizer, params, hooks, unscale, needs_closure = _parts(trainer, phase)
     accum, last = len(batches), len(batches) - 1
-    unscale = precision.unscale if trainer.unscales else None
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
@@ -77,26 +66,26 @@ def run_step(trainer: Trainer, step: int, phase: Phase, batches: Sequence[Any]) 
                 loss = loss / accum if accum > 1 else loss
                 precision.backward(loss)
             total = loss.detach() if total is None else total + loss.detach()
-        if unscale is not None and finite(total, params, False):  # a non-finite loss leaves the scaler alone
+        if unscale is not None:
             unscale(optimizer)
-        if not finite(total, params, not precision.handles_overflow):
-            raise NonFiniteStep(total)
-        hooks.after_backward(trainer=trainer, step=step, optimizer=optimizer, micro_batches=accum)
+        hooks.after_backward(trainer=trainer, step=step, optimizer=optimizer, micro_batches=accum, loss=total)
+        if trainer.skip_requested:
+            raise SkipStep(total)
         return total
 
-    needs_closure = getattr(optimizer, "requires_closure", False)
-    if needs_closure:  # a line search may move the weights before a bad evaluation
+    if needs_closure:  # a line search may move the weights before a step is abandoned
         saved = ([p.detach().clone() for p in params], copy.deepcopy(optimizer.state_dict()))
     try:
-        loss = precision.step(optimizer, closure)
-        metrics = {"loss": loss, "lr": optimizer.param_groups[0]["lr"]}
-    except NonFiniteStep as bad:
-        metrics = {"loss": bad.loss, "lr": optimizer.param_groups[0]["lr"], "nonfinite": 1}
+        metrics = {"loss": precision.step(optimizer, closure), "lr": optimizer.param_groups[0]["lr"]}
+    except SkipStep as skipped:
+        metrics = {"loss": skipped.loss, "lr": optimizer.param_groups[0]["lr"], "skipped": 1}
         optimizer.zero_grad(set_to_none=True)
         if needs_closure:
             with torch.no_grad():
                 torch._foreach_copy_(params, saved[0])
             optimizer.load_state_dict(saved[1])
+    finally:
+        trainer.skip_requested = False
     if strategy.size > 1:  # report the global batch's loss, not this process's part
         metrics["loss"] = strategy.mean(metrics["loss"])
     return metrics
@@ -104,9 +93,4 @@ def run_step(trainer: Trainer, step: int, phase: Phase, batches: Sequence[Any]) 
 
 def as_numbers(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """Metrics with 0-dim tensors turned into Python numbers (for summaries and files)."""
-    out = {}
-    for key, value in metrics.items():
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.item()
-        out[key] = value
-    return out
+    return {k: v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v for k, v in metrics.items()}

@@ -1,7 +1,11 @@
-"""What happens after a non-finite step: the ``[nonfinite]`` kind, declared here.
+"""Non-finite losses and gradients: the ``[nonfinite]`` kind, declared here.
 
-The kernel's step never applies a non-finite loss or gradient; it reports ``nonfinite = 1`` in
-the step's metrics. A ``nonfinite`` component decides what follows:
+Every component but ``off`` checks, in ``after_backward`` (``tryfirst``), that the step's loss
+and gradients are finite, with the fused check torch's GradScaler uses (one kernel per device
+and dtype, scale 1, values left bit for bit as they were); gradients are left to a precision
+policy that ``handles_overflow`` (fp16 loss scaling). A bad step is skipped
+(``trainer.request_skip_step()``: the optimizer never applies it) and reported as
+``nonfinite = 1`` in the step's metrics. The component decides what follows:
 
 - ``skip`` (the default): go on; after ``patience`` consecutive bad steps, warn once per streak.
 - ``rollback``: after ``patience`` consecutive bad steps, ask the loop to continue from the last
@@ -9,6 +13,7 @@ the step's metrics. A ``nonfinite`` component decides what follows:
   checkpoint more than ``max_rollbacks`` times stops the run.
 - ``stop``: after ``patience`` consecutive bad steps, stop with exit code 1, keeping the last good
   checkpoint.
+- ``off``: no check at all (a non-finite update is applied): saves the check's cost on tiny steps.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import sys
 from typing import Any
 
 import attrs
+import torch
 
-from phasetrain import Component, hookimpl
+from phasetrain import Component, NoOptions, hookimpl
 from phasetrain.config import in_range, positive
 from phasetrain.errors import TrainingFailed
 from phasetrain.registry import Kind
@@ -41,19 +47,60 @@ class RollbackOptions:
     max_rollbacks: int = attrs.field(default=3, validator=positive)  # to the same checkpoint, then stop
 
 
+_FLAGS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def finite(loss: torch.Tensor, params: list[torch.Tensor], check_grads: bool) -> bool:
+    """True when ``loss`` (and, if asked, every gradient) is finite: one fused kernel for tensors
+    of one device and dtype, group by group otherwise."""
+    tensors = [loss, *[p.grad for p in params if p.grad is not None]] if check_grads else [loss]
+    try:
+        return _fused(tensors, loss.device)
+    except RuntimeError:  # mixed devices or dtypes
+        groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        for t in tensors:
+            groups.setdefault((t.device, t.dtype), []).append(t)
+        return all(_fused(group, device) for (device, _), group in groups.items())
+
+
+def _fused(tensors: list[torch.Tensor], device: torch.device) -> bool:
+    if device not in _FLAGS:
+        _FLAGS[device] = (torch.zeros(1, device=device), torch.ones(1, device=device))
+    found, one = _FLAGS[device]
+    found.zero_()
+    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, one)
+    return not found.item()
+
+
+class Off:
+    """No check: whatever the step computes is applied."""
+
+    def __init__(self, options: Any, ctx: Any):
+        pass
+
+
 class Skip:
-    """Counts consecutive non-finite steps; subclasses decide what a full streak means."""
+    """Checks every step and skips the bad ones; subclasses decide what a streak of them means."""
 
     def __init__(self, options: Any, ctx: Any):
         self.options = options
         self.streak = 0
         self.total = 0
+        self.bad = False
+
+    @hookimpl(tryfirst=True)  # before anything else looks at the gradients
+    def after_backward(self, trainer: Any, loss: torch.Tensor) -> None:
+        if not finite(loss, trainer.trainable, not trainer.precision.handles_overflow):
+            self.bad = True
+            trainer.request_skip_step()
 
     @hookimpl(tryfirst=True)
     def post_step(self, trainer: Any, step: int, metrics: Any) -> None:
-        if not metrics.get("nonfinite"):
+        if not self.bad:
             self.streak = 0
             return
+        self.bad = False
+        metrics["nonfinite"] = 1
         self.streak += 1
         self.total += 1
         if self.streak >= self.options.patience:
@@ -125,4 +172,5 @@ def phasetrain_components() -> list[Component]:
         Component("nonfinite", "rollback", Rollback, RollbackOptions,
                   "back to the last good checkpoint with lower learning rates"),
         Component("nonfinite", "stop", Stop, StopOptions, "stop with exit code 1, keeping the last good checkpoint"),
+        Component("nonfinite", "off", Off, NoOptions, "no check: a non-finite update is applied"),
     ]

@@ -34,7 +34,8 @@ from phasetrain.types import Unscales
 
 Closure = Callable[[], torch.Tensor]
 
-STATE_KEY = "precision"  # this run's precision policy keeps its checkpoint state here
+STATE_KEY = "precision"
+_NO_AUTOCAST = contextlib.nullcontext()  # reusable: it holds no state  # this run's precision policy keeps its checkpoint state here
 
 
 class Policy:
@@ -52,15 +53,19 @@ class Policy:
         return model
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
+        return _NO_AUTOCAST
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
     def step(self, optimizer: torch.optim.Optimizer, closure: Closure) -> torch.Tensor:
-        # Every torch optimizer accepts a closure; those that need one (L-BFGS) call it several
-        # times, the others call it once.
-        return optimizer.step(closure)
+        # An optimizer that needs a closure (L-BFGS) calls it as often as it likes; for the others
+        # the closure runs once, here: stepping them without one spares torch's closure wrapper.
+        if getattr(optimizer, "requires_closure", False):
+            return optimizer.step(closure)
+        loss = closure()
+        optimizer.step()
+        return loss
 
     # Plain, non-hook state accessors so that ``per_phase`` can carry its sub-policies' state.
     def state_dict(self) -> dict[str, Any]:
@@ -152,6 +157,7 @@ class FP16(Policy):
             growth_interval=options.growth_interval,
         )
         self.skipped_steps = 0  # steps whose gradients overflowed (and were not applied)
+        self._unscaled = False
         self._scale = float(options.init_scale)
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -163,11 +169,18 @@ class FP16(Policy):
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         """Divide the gradients by the loss scale (once per step, before ``after_backward``)."""
         self.scaler.unscale_(optimizer)
+        self._unscaled = True
 
     def step(self, optimizer: torch.optim.Optimizer, closure: Closure) -> torch.Tensor:
         if getattr(optimizer, "requires_closure", False):
             raise BadInput(f"precision {self.name}: " + LBFGS_MESSAGE.format(phase="<stage>"))
-        loss = closure()
+        self._unscaled = False
+        try:
+            loss = closure()
+        except Exception:  # a step abandoned after unscale(): the scaler must start the next one afresh
+            if self._unscaled:
+                self.scaler.update()
+            raise
         self.scaler.step(optimizer)  # unscales, and skips the update if a gradient is inf/NaN
         self.scaler.update()
         scale = self.scaler.get_scale()  # scaler.step has synchronised already: cheap
