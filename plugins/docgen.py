@@ -247,7 +247,9 @@ def render(registry: Registry | None = None) -> str:
             else:
                 default = "Absent unless a config chooses one."
         what = kind.summary
-        out += [heading, "", f"{what[0].upper()}{what[1:]}. {default}{by}", ""]
+        proto = kind.protocol
+        follows = f" Components follow `{proto.__module__}.{proto.__name__}`." if proto is not None else ""
+        out += [heading, "", f"{what[0].upper()}{what[1:]}. {default}{by}{follows}", ""]
         if not names:
             out += ["No built-in component of this kind.", ""]
         for name in names:
