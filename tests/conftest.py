@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from phasetrain import hookimpl
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -23,3 +25,15 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
         [sys.executable, "-m", "phasetrain", *args],
         capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout,
     )
+
+
+class StopAt:
+    """A plugin that asks the run to stop after step ``step`` (1-based), as Ctrl-C would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    @hookimpl
+    def post_step(self, trainer, step):
+        if step + 1 == self.step:
+            trainer.request_stop()

@@ -22,7 +22,7 @@ from phasetrain.registry import plugin
 from phasetrain.testing import check_component
 from phasetrain.testing.recorder import HookRecorder, expected_events
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, StopAt, run_cli
 
 # ---------------------------------------------------------------------------------------------
 # A third party's new kind: a pruner
@@ -372,16 +372,6 @@ class SFPlugin:
 
 
 SF = plugin(SFPlugin(), "schedule-free", "sf-dist")
-
-
-class StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def post_step(self, trainer, step):
-        if step + 1 == self.step:
-            trainer.request_stop()
 
 
 @pytest.mark.parametrize("stop", [3, 7, 10])
