@@ -1,0 +1,30 @@
+"""The ``supervised`` task and ``phasetrain.fit``: train your own model on your own data.
+
+``[task] use = "supervised"`` names a model, datasets, a loss and metrics by import path
+(:mod:`.options`); :mod:`.task` builds and checks them, :mod:`.loading` reads the data through
+DataLoaders that resume exactly, :mod:`.measures` holds the losses and the torchmetrics metrics,
+:mod:`.imports` resolves import paths safely and :mod:`.api` is ``phasetrain.fit``. The
+``digits`` and ``breast-cancer`` presets use :mod:`.examples`. See docs/your-model.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from phasetrain import Component, hookimpl
+
+
+@hookimpl
+def phasetrain_components() -> list[Component]:
+    from phasetrain.plugins.supervised.options import SupervisedOptions
+    from phasetrain.plugins.supervised.task import Supervised
+
+    return [Component("task", "supervised", Supervised, SupervisedOptions,
+                      "any nn.Module on any Dataset by import path: DataLoaders, exact resume, torchmetrics")]
+
+
+@hookimpl
+def phasetrain_api() -> dict[str, Any]:
+    from phasetrain.plugins.supervised.api import fit
+
+    return {"fit": fit}
