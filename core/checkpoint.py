@@ -66,7 +66,7 @@ def load_model(run_dir: str | Path, model: torch.nn.Module | None = None, *, whi
     for key, value in cfg.sections.items():  # no logs, no files: only the model is wanted
         if isinstance(value, dict):
             cfg.sections[key] = {name: attrs.evolve(o, enabled=False) for name, o in value.items()}
-    trainer = Trainer(cfg, trust_code=trust_code)
+    trainer = Trainer(cfg, trust_code=trust_code, model_only=True)
     trainer.model.load_state_dict(state["model"])
     task = trainer.task
     return (task.export_model(trainer.model) if isinstance(task, ExportsModel) else trainer.model).eval()

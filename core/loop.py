@@ -47,6 +47,7 @@ class BuildContext:
     strategy = property(lambda self: self.trainer.strategy, doc="the run's strategy")
     objects = property(lambda self: self.trainer.objects, doc="live objects the run was given, by config value")
     trust_code = property(lambda self: self.trainer.trust_code, doc="whether code the config names may run")
+    model_only = property(lambda self: self.trainer.model_only, doc="built only to read the model back (load_model)")
 
     def component(self, kind: str) -> Any:
         """The run's component of ``kind`` (built on first use), or ``None`` if not configured."""
@@ -69,12 +70,14 @@ class Trainer:
     (``phasetrain.fit`` passes them). ``trust_code`` says whether factories may call code the
     config names (import paths): a config the user gives is trusted; one read back from a run
     directory is not, unless the caller opts in (``load_model(..., trust_code=True)``).
+    ``model_only`` marks a run built only to read its model back (``load_model``): factories may
+    skip what only training needs, such as reading data.
     """
 
     def __init__(self, config: Config, *, registry: Registry | None = None, plugins: Iterable[Any] = (),
-                 objects: Mapping[str, Any] | None = None, trust_code: bool = True):
+                 objects: Mapping[str, Any] | None = None, trust_code: bool = True, model_only: bool = False):
         self.config, self.out_dir = config, Path(config.run.out_dir)
-        self.objects, self.trust_code = dict(objects or {}), trust_code
+        self.objects, self.trust_code, self.model_only = dict(objects or {}), trust_code, model_only
         self.registry = registry or config.registry or load_registry()
         self.pm = self.registry.plugin_manager()
         self._labels = {id(i.plugin): i.label for i in self.registry.plugins}

@@ -14,12 +14,18 @@ from typing import Any
 from phasetrain import Component, hookimpl
 
 
+def supervised(options: Any, ctx: Any) -> Any:
+    """The task's factory; torchmetrics (slow to import) loads only when a run uses the task."""
+    from phasetrain.plugins.supervised.task import Supervised
+
+    return Supervised(options, ctx)
+
+
 @hookimpl
 def phasetrain_components() -> list[Component]:
     from phasetrain.plugins.supervised.options import SupervisedOptions
-    from phasetrain.plugins.supervised.task import Supervised
 
-    return [Component("task", "supervised", Supervised, SupervisedOptions,
+    return [Component("task", "supervised", supervised, SupervisedOptions,
                       "any nn.Module on any Dataset by import path: DataLoaders, exact resume, torchmetrics")]
 
 

@@ -5,8 +5,8 @@ Built from import paths (``imports.py``), read through DataLoaders that resume e
 the data, the loss and the metrics are resolved and checked right after it, on one probe batch,
 so a dataset that does not fit the model, a loss that is not a scalar or a metric that does not
 match the outputs is an error naming its field before the first step. A run built only to read
-a model back (``load_model``, ``ctx.trust_code`` False) builds the model alone; the rest is
-resolved on first use.
+a model back (``load_model``: ``ctx.model_only``) builds the model alone; the rest is resolved
+on first use.
 
 Items are ``(input, target)`` pairs; ``input`` may be a tensor or a tuple/dict of tensors and is
 passed to the model as ``model(input)``.
@@ -60,7 +60,7 @@ class Supervised:
             raise self.resolver.error("loader.batch_size", f"{o.loader.batch_size} does not split evenly over "
                                       f"{self.strategy.size} processes (each reads batch_size / N items)")
         self._ready = False
-        if ctx.trust_code:
+        if not ctx.model_only:
             self._setup()
 
     # -- set-up: data, loss and metrics, checked on a probe batch ---------------------------------
@@ -111,7 +111,7 @@ class Supervised:
                 except NotImplementedError as exc:  # nn.Module without forward
                     raise r.error("model", f"{type(self.model).__name__} cannot be called: {exc}") from None
                 except Exception as exc:
-                    raise r.error("train_data", f"inputs of {_shape(x)} do not fit the model "
+                    raise r.error("train_data", f"its inputs ({_shape(x)}) do not fit the model "
                                   f"({type(self.model).__name__}): {type(exc).__name__}: {exc}") from None
                 if not isinstance(output, torch.Tensor):
                     raise r.error("model", f"{type(self.model).__name__} returned {_shape(output)}, not a tensor")
