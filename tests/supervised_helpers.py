@@ -27,9 +27,9 @@ def table(n: int = 96, features: int = 6, seed: int = 0) -> TensorDataset:
 
 
 class Net(nn.Module):
-    def __init__(self, features: int = 6, hidden: int = 16, classes: int = 2):
+    def __init__(self, features: int = 6, hidden: int = 16, classes: int = 2, dropout: float = 0.1):
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(features, hidden), nn.Tanh(), nn.Dropout(0.1), nn.Linear(hidden, classes))
+        self.body = nn.Sequential(nn.Linear(features, hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

@@ -71,6 +71,8 @@ class Resolver:
 
     def load(self, field: str, path: str) -> Any:
         """The object ``path`` names (a live object handed to the run, or an import), uncalled."""
+        if self.trusted and not path.startswith("@"):
+            _OWN.add(path)  # the user's own config names it
         if path in self.objects:
             return self.objects[path]
         if path.startswith("@"):
@@ -92,8 +94,6 @@ class Resolver:
                 where = f"module {module_name!r}" if found is module else repr(found)
                 raise self.error(field, f"cannot import {path!r}: {where} has no attribute {part!r}")
             found = getattr(found, part)
-        if self.trusted:
-            _OWN.add(path)
         return found
 
     def build(self, field: str, path: str, args: tuple[str, Mapping[str, Any]], is_result: Any, what: str) -> Any:
