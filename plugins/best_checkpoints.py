@@ -83,8 +83,10 @@ class TopK:
         return len(self.kept) < o.keep or better(value, self.kept[-1][0], o.mode)
 
     def _with_pending(self, step: int) -> list[tuple[float, int]]:
-        extra = [self.pending] if self.pending is not None and self.pending[1] == step else []
-        return ranked([e for e in self.kept if e[1] != step] + extra, self.options.mode, self.options.keep)
+        """The kept list once the checkpoint of ``step`` being written is kept too."""
+        if self.pending is None or self.pending[1] != step:
+            return self.kept
+        return ranked([e for e in self.kept if e[1] != step] + [self.pending], self.options.mode, self.options.keep)
 
     @hookimpl
     def eval_end(self, trainer: Any, step: int, metrics: Mapping[str, Any]) -> None:
