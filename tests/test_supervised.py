@@ -3,7 +3,6 @@ load_model both ways, and import paths recorded in a run directory that never ru
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import sys
@@ -219,18 +218,22 @@ def test_the_docs_script_is_at_most_15_lines():
 
 @pytest.mark.slow
 def test_the_docs_script_trains_resumes_and_loads_its_script_defined_module(tmp_path):
-    script = tmp_path / "train.py"
-    script.write_text(docs_script())
+    script = docs_script()
+    assert '"run.steps=500"' in script
     import subprocess
 
-    first = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-2000:]
-    run_dir = next(p for p in (tmp_path / "runs").iterdir())
-    assert json.loads((next((run_dir / "checkpoints").glob("step-*")) / "meta.json").read_text())[
-        "config"]["task"]["model"] == "__main__:Net"
-    second = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0 and "resuming from" in second.stdout, second.stderr[-2000:]
-    assert copy.copy(first.stdout.splitlines()[-1]) == second.stdout.splitlines()[-1]  # the script prints the accuracy
+    for name, steps in (("first.py", 40), ("second.py", 60)):  # the script as written, shorter; then longer
+        (tmp_path / name).write_text(script.replace('"run.steps=500"', f'"run.steps={steps}"')
+                                     .replace('"run.eval_every=100"', '"run.eval_every=20"'))
+    both = "import runpy; runpy.run_path('first.py', run_name='__main__'); runpy.run_path('second.py', run_name='__main__')"
+    ran = subprocess.run([sys.executable, "-c", both], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    meta = json.loads((tmp_path / "runs" / "net" / "checkpoints" / "step-00000040" / "meta.json").read_text())
+    assert meta["config"]["task"]["model"] == "__main__:Net" and meta["config"]["task"]["train_data"] == "@train_data"
+    first, second = ran.stdout.split("== phasetrain summary", 2)[1:]
+    assert "steps       40" in first  # the second script continues from step 40 to 60
+    assert "resuming from" in first.rsplit("run dir", 1)[1] and "steps       60" in second
+    assert list((tmp_path / "runs" / "net" / "tensorboard").iterdir())
 
 
 def test_fit_is_part_of_the_phasetrain_namespace():

@@ -60,8 +60,11 @@ def fit(model: nn.Module | type | str, train_data: Any, *, val_data: Any = None,
         objects[task["model"]] = model
     else:
         task["model"] = model if isinstance(model, str) else _named(model, "@model", objects)
-    for field, data in (("train_data", train_data), ("val_data", val_data)):
-        task[field] = "" if data is None else data if isinstance(data, str) else _object(f"@{field}", data, objects)
+    for field, args, data in (("train_data", "train_args", train_data), ("val_data", "val_args", val_data)):
+        if not isinstance(data, str):  # a live dataset (or none): no arguments to call it with
+            task[field], task[args] = "" if data is None else _object(f"@{field}", data, objects), {}
+        else:
+            task[field] = data
     task["loss"] = loss if isinstance(loss, str) else _object("@loss", loss, objects)
     raw["task"] = task
     cfg = config_mod.build(raw, overrides=overrides, source="phasetrain.fit", registry=registry)
