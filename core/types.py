@@ -96,9 +96,9 @@ class Evaluates(Protocol):
 
 @runtime_checkable
 class ReadsOwnShard(Protocol):
-    """A task that reads only this process's part of a global batch (as a ``DistributedSampler``
-    does): the loop asks it for ``batch_part(index, rank, size)`` instead of splitting
-    ``batch(index)`` with ``strategy.shard``."""
+    """A task that reads only this process's part of each global batch itself: the loop asks it
+    for ``batch_part(index, rank, size)`` instead of splitting ``batch(index)`` with
+    ``strategy.shard``."""
 
     def batch_part(self, index: int, rank: int, size: int) -> Any: ...
 

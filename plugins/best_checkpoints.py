@@ -27,6 +27,7 @@ import attrs
 
 from phasetrain import Component, hookimpl
 from phasetrain.config import one_of, positive
+from phasetrain.errors import CheckpointError
 from phasetrain.plugins.early_stopping import better, monitored, needs_evaluations
 from phasetrain.registry import Kind
 
@@ -142,7 +143,10 @@ def phasetrain_named_checkpoint(run_dir: Path, which: str) -> Path | None:
     index = best_dir(run_dir) / INDEX
     if which != "best" or not index.exists():
         return None
-    entries = json.loads(index.read_text()).get("checkpoints", [])
+    try:
+        entries = json.loads(index.read_text())["checkpoints"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index}: unreadable ({type(exc).__name__}: {exc})") from None
     return best_dir(run_dir) / entries[0]["path"] if entries else None
 
 

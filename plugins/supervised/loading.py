@@ -105,8 +105,8 @@ class EpochBatches:
             order, b = self.order(epoch), self.batch_size
             for pos in range(first, self.per_epoch):
                 batch = order[pos * b : (pos + 1) * b]
-                if len(batch) % self.size:  # the last, short batch: padded from the start, as DistributedSampler does
-                    batch += order[: self.size - len(batch) % self.size]
+                if pad := -len(batch) % self.size:  # the last, short batch: padded from the start, as DistributedSampler does
+                    batch += (order * math.ceil(pad / len(order)))[:pad]
                 part = Indices(batch[self.rank :: self.size])
                 part.seed = mixed(self.seed, self.rank, index)
                 index += 1

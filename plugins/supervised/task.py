@@ -76,6 +76,9 @@ class Supervised:
                                          dtype=self.dtype)
         self.loss_fn = measures.loss_function(o.loss, o.loss_args, r)
         output, target = self._probe(train)
+        if self.train.per_epoch == 0:
+            raise r.error("loader.drop_last", f"leaves no batch: train_data has {len(train)} items, fewer than "
+                          f"batch_size ({o.loader.batch_size})")
         self.metrics = measures.build_metrics(o.metrics, o.metric_args, measures.classes(output), r, self.device)
         self._check_metrics(output, target)
         self.val = loading.eval_loader(val, o.loader, seed=self.seed, rank=rank, size=size) if val is not None else None
