@@ -44,7 +44,7 @@ def load_checkpoint(path: str | Path, which: str = "last") -> dict[str, Any]:
     return {**state, "meta": meta}
 
 
-def load_model(run_dir: str | Path, model: torch.nn.Module | None = None, *, which: str = "last", trust_code: bool = False):
+def load_model(run_dir: str | Path, model: torch.nn.Module | None = None, *, which: str = "last", trust_code: bool = False) -> torch.nn.Module:
     """The trained model of a run, in eval mode: its weights loaded into ``model`` when given,
     or into a model rebuilt from the run's config.
 

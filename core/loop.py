@@ -106,6 +106,7 @@ class Trainer:
         for phase in self.schedule.phases:
             self._build_optimizer(phase)
         self._evaluates, self.unscales = isinstance(self.task, Evaluates), isinstance(self.precision, Unscales)
+        self._own_shard = isinstance(self.task, ReadsOwnShard)  # checked once: a protocol check costs microseconds
 
     @classmethod
     def from_config(cls, source: Config | Mapping[str, Any] | str | Path, overrides: Iterable[str] = (), *,
@@ -115,7 +116,7 @@ class Trainer:
         ``plugins`` are extra plugin objects for this run (hook recorders, or components that
         are not installed: wrap those in :func:`phasetrain.registry.plugin` so that their
         ``phasetrain_kinds`` and ``phasetrain_components`` are registered too). ``options``
-        (``objects``, ``trust_code``) go to the constructor.
+        (``objects``, ``trust_code``, ``model_only``) go to the constructor.
         """
         plugins = list(plugins)
         registry = load_registry([p for p in plugins if isinstance(p, PluginInfo)])
@@ -291,10 +292,9 @@ class Trainer:
         return self.outcome
 
     def _fetch(self, first: int) -> list[Any]:
-        task, shard, strategy, n = self.task, self.strategy.shard, self.strategy, self.config.run.grad_accum_steps
-        if isinstance(task, ReadsOwnShard):
-            return [task.batch_part(first + i, strategy.rank, strategy.size) for i in range(n)]
-        return [shard(task.batch(first + i)) for i in range(n)]
+        task, s = self.task, self.strategy
+        fetch = (lambda i: task.batch_part(i, s.rank, s.size)) if self._own_shard else (lambda i: s.shard(task.batch(i)))
+        return [fetch(first + i) for i in range(self.config.run.grad_accum_steps)]
 
     def _agree_stop(self) -> bool:
         # A signal may reach processes at different steps: they agree to stop at the same one,
