@@ -236,6 +236,35 @@ def test_the_docs_script_trains_resumes_and_loads_its_script_defined_module(tmp_
     assert list((tmp_path / "runs" / "net" / "tensorboard").iterdir())
 
 
+class NoEvaluate:
+    """A task with a model, batches and a loss, and no evaluate."""
+
+    def __init__(self, _options, _ctx):
+        self.model = torch.nn.Linear(3, 1)
+
+    def batch(self, index):
+        return torch.full((4, 3), float(index % 5))
+
+    def loss(self, model, batch):
+        return model(batch).pow(2).mean()
+
+
+class NoEvaluatePlugin:
+    @hookimpl
+    def phasetrain_components(self):
+        return [phasetrain.Component("task", "no_evaluate", NoEvaluate)]
+
+
+def test_a_task_without_evaluate_trains_to_the_end_and_saves_its_last_checkpoint(tmp_path):
+    from phasetrain.registry import plugin
+
+    outcome = phasetrain.Trainer.from_config(
+        {"task": {"use": "no_evaluate"}}, [f"run.out_dir='{tmp_path}'", "run.steps=3", "observers.console.quiet=true"],
+        plugins=[plugin(NoEvaluatePlugin())]).fit()
+    assert outcome.status == "completed" and outcome.eval == {"step": 3}
+    assert phasetrain.load_checkpoint(tmp_path)["meta"]["step"] == 3
+
+
 def test_fit_is_part_of_the_phasetrain_namespace():
     from phasetrain.plugins.supervised.api import fit as the_fit
 

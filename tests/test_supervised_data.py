@@ -179,3 +179,9 @@ def test_two_processes_read_disjoint_shards_and_match_one_process(tmp_path):
     for name, tensor in one.model.state_dict().items():
         assert torch.allclose(two_state["model"][name], tensor, atol=1e-6, rtol=0), name
     assert two_state["meta"]["step"] == 6
+    import json
+
+    evals = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in evals if r["kind"] == "eval"][-1]  # each process evaluated half; torchmetrics gathered both
+    assert last["accuracy"] == pytest.approx(one.last_eval["accuracy"], abs=1e-6)
+    assert last["eval_loss"] == pytest.approx(one.last_eval["eval_loss"], abs=1e-5)
