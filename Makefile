@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 CONSTRAINTS := -c constraints.txt
-PRESET ?= regression
+PRESET ?= digits
 
 .PHONY: run test install install-test clean bench
 

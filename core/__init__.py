@@ -5,6 +5,7 @@ The public surface::
     phasetrain.Trainer.from_config("regression", ["run.steps=100"]).fit()
     phasetrain.load_checkpoint(run_dir)      # plain containers of tensors
     phasetrain.load_model(run_dir)           # the trained nn.Module, in eval mode
+    phasetrain.fit(MyNet(), train_set, val_data=val_set)   # from the supervised plugin
     phasetrain.hookimpl                      # mark a plugin's hook implementations
     phasetrain.Component                     # what a plugin's phasetrain_components returns
     phasetrain.Kind                          # what a plugin's phasetrain_kinds returns
@@ -14,7 +15,7 @@ The public surface::
 from importlib.metadata import PackageNotFoundError, version
 
 from phasetrain.hookspecs import hookimpl, hookspec
-from phasetrain.registry import Component, Kind, NoOptions
+from phasetrain.registry import Component, Kind, NoOptions, load_registry as _load_registry
 
 try:
     __version__ = version("phasetrain")
@@ -26,12 +27,15 @@ _LAZY = {"Trainer": "loop", "load_checkpoint": "checkpoint", "load_model": "chec
          "Phase": "types", "Outcome": "types", "TrainState": "types"}
 
 
-def __getattr__(name: str):  # the heavier modules load on first use
-    if name not in _LAZY:
-        raise AttributeError(f"module 'phasetrain' has no attribute {name!r}")
+def __getattr__(name: str):  # the heavier modules load on first use; plugins add functions
     import importlib
 
-    return getattr(importlib.import_module(f"phasetrain.{_LAZY[name]}"), name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"phasetrain.{_LAZY[name]}"), name)
+    for functions in [] if name.startswith("_") else _load_registry().plugin_manager().hook.phasetrain_api():
+        if name in functions:
+            return functions[name]
+    raise AttributeError(f"module 'phasetrain' has no attribute {name!r}")
 
 
 __all__ = ["Component", "Kind", "NoOptions", "__version__", "hookimpl", "hookspec", *_LAZY]

@@ -14,12 +14,11 @@ import attrs
 import torch
 
 from phasetrain.errors import BadInput
+from phasetrain.registry import load_registry
 
 
 def default_store(registry: Any = None) -> Any:
     """The default ``[store]`` component, built for reading outside a run."""
-    from phasetrain.registry import load_registry
-
     registry = registry or load_registry()
     if not (names := registry.defaults("store")):
         raise BadInput("no installed plugin offers a default [store] to read checkpoints with")
@@ -27,30 +26,47 @@ def default_store(registry: Any = None) -> Any:
     return component.factory(component.config(), None)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, which: str = "last") -> dict[str, Any]:
     """Load a checkpoint as plain containers of tensors and numbers.
 
     ``path`` is a run directory (its latest good checkpoint is used) or a checkpoint directory.
-    The result has at least ``"model"`` (a state dict), ``"optimizers"``, ``"trainer"`` and
+    ``which`` other than ``"last"`` picks a checkpoint the run keeps under that name (``"best"``
+    with ``[best_checkpoints]``), found through the ``phasetrain_named_checkpoint`` hook. The
+    result has at least ``"model"`` (a state dict), ``"optimizers"``, ``"trainer"`` and
     ``"meta"`` (step, config, versions).
     """
+    if which != "last":
+        found = load_registry().plugin_manager().hook.phasetrain_named_checkpoint(run_dir=Path(path), which=which)
+        if found is None:
+            raise BadInput(f"{path}: the run keeps no checkpoint named {which!r} (\"last\" is the newest)")
+        path = found
     _path, state, meta = default_store().latest(Path(path))
     return {**state, "meta": meta}
 
 
-def load_model(run_dir: str | Path) -> torch.nn.Module:
-    """The trained model of a run, rebuilt from its config and weights, in eval mode."""
+def load_model(run_dir: str | Path, model: torch.nn.Module | None = None, *, which: str = "last", trust_code: bool = False) -> torch.nn.Module:
+    """The trained model of a run, in eval mode: its weights loaded into ``model`` when given,
+    or into a model rebuilt from the run's config.
+
+    ``which`` is ``"last"`` (the newest good checkpoint) or a name the run keeps (``"best"``).
+    Rebuilding runs no code that a config recorded in the run directory names (an import path)
+    unless the user's own config names it too or ``trust_code`` is True: a run directory from
+    elsewhere cannot run code (see docs/your-model.md).
+    """
     from phasetrain import config as config_mod
     from phasetrain.loop import Trainer
     from phasetrain.types import ExportsModel
 
-    state = load_checkpoint(run_dir)
+    state = load_checkpoint(run_dir, which)
+    if model is not None:
+        model.load_state_dict(state["model"])
+        return model.eval()
     cfg = config_mod.build(state["meta"]["config"], source=str(run_dir))
     cfg.run.device = "cpu"
     for key, value in cfg.sections.items():  # no logs, no files: only the model is wanted
         if isinstance(value, dict):
             cfg.sections[key] = {name: attrs.evolve(o, enabled=False) for name, o in value.items()}
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, trust_code=trust_code, model_only=True)
     trainer.model.load_state_dict(state["model"])
     task = trainer.task
     return (task.export_model(trainer.model) if isinstance(task, ExportsModel) else trainer.model).eval()

@@ -38,7 +38,9 @@ The whole protocol of one run, in order (``Trainer.fit``)::
 If an exception ends the run, ``train_error(trainer, step, error)`` fires before ``train_end``.
 ``event(trainer, step, name, message, fields)`` is fired by plugins, not the loop.
 ``phasetrain_kinds``, ``phasetrain_components`` and ``phasetrain_presets`` are asked once,
-when plugins are loaded; ``phasetrain_add_commands`` once per ``phasetrain`` command line.
+when plugins are loaded; ``phasetrain_add_commands`` once per ``phasetrain`` command line;
+``phasetrain_api`` and ``phasetrain_named_checkpoint`` when a program asks for a plugin's function
+or a named checkpoint.
 
 Hooks observe and return values or requests (``trainer.request_stop()``,
 ``trainer.request_rollback(state)``); the loop applies them between steps, so no hook sees
@@ -114,6 +116,32 @@ def phasetrain_presets() -> Mapping[str, Any]:
     data and run from an installed wheel. A name offered twice keeps the first, with a warning.
 
     :return: a mapping from preset name to TOML file.
+    """
+
+
+@hookspec
+def phasetrain_api() -> Mapping[str, Any]:
+    """Return functions this plugin adds to the ``phasetrain`` namespace, as ``{name: function}``.
+
+    Asked when a program reads a name that ``phasetrain`` itself does not define
+    (``phasetrain.fit`` comes from the ``supervised`` plugin this way), so a plugin can offer a
+    Python API without the kernel importing it. Names starting with ``_`` are never looked up.
+    When two plugins offer a name, the first answer in pluggy's order wins.
+
+    :return: a mapping from name to function (may be empty).
+    """
+
+
+@hookspec(firstresult=True)
+def phasetrain_named_checkpoint(run_dir: Path, which: str) -> Path | None:
+    """Return the checkpoint a run directory keeps under the name ``which`` (such as ``"best"``).
+
+    Asked by ``phasetrain.load_model(run_dir, which=...)`` and ``load_checkpoint`` for any
+    ``which`` other than ``"last"`` (the newest good checkpoint, which the ``[store]`` finds).
+    Stops at the first non-``None`` result: a plugin that keeps checkpoints of its own answers
+    for its names and returns ``None`` for the rest.
+
+    :return: the path of a checkpoint the run's ``[store]`` can read, or ``None``.
     """
 
 

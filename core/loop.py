@@ -28,7 +28,7 @@ from phasetrain.errors import BadInput, CheckpointError, HookFailed, PhasetrainE
 from phasetrain.registry import PluginInfo, Registry, load_registry, register
 from phasetrain.state import not_plain, rng_state, set_rng_state
 from phasetrain.strategy import SingleProcess
-from phasetrain.types import Evaluates, KnowsPhaseLengths, Outcome, Phase, TrainState, Unscales, missing  # noqa: F401
+from phasetrain.types import Evaluates, KnowsPhaseLengths, Outcome, Phase, ReadsOwnShard, TrainState, Unscales, missing  # noqa: F401
 
 _BUILDING = object()
 
@@ -45,6 +45,9 @@ class BuildContext:
 
     device = property(lambda self: self.trainer.device, doc="the run's torch.device")
     strategy = property(lambda self: self.trainer.strategy, doc="the run's strategy")
+    objects = property(lambda self: self.trainer.objects, doc="live objects the run was given, by config value")
+    trust_code = property(lambda self: self.trainer.trust_code, doc="whether code the config names may run")
+    model_only = property(lambda self: self.trainer.model_only, doc="built only to read the model back (load_model)")
 
     def component(self, kind: str) -> Any:
         """The run's component of ``kind`` (built on first use), or ``None`` if not configured."""
@@ -61,10 +64,20 @@ class Trainer:
     Build one with :meth:`from_config`; train with :meth:`fit`. Components are reachable as
     attributes (``trainer.task``, ``trainer.model``, ``trainer.optimizer``, ``trainer.precision``)
     or with :meth:`component`.
+
+    ``objects`` are live Python objects (a model instance, a dataset) that stand in for the
+    config values they are keyed by: factories read them from ``ctx.objects``
+    (``phasetrain.fit`` passes them). ``trust_code`` says whether factories may call code the
+    config names (import paths): a config the user gives is trusted; one read back from a run
+    directory is not, unless the caller opts in (``load_model(..., trust_code=True)``).
+    ``model_only`` marks a run built only to read its model back (``load_model``): factories may
+    skip what only training needs, such as reading data.
     """
 
-    def __init__(self, config: Config, *, registry: Registry | None = None, plugins: Iterable[Any] = ()):
+    def __init__(self, config: Config, *, registry: Registry | None = None, plugins: Iterable[Any] = (),
+                 objects: Mapping[str, Any] | None = None, trust_code: bool = True, model_only: bool = False):
         self.config, self.out_dir = config, Path(config.run.out_dir)
+        self.objects, self.trust_code, self.model_only = dict(objects or {}), trust_code, model_only
         self.registry = registry or config.registry or load_registry()
         self.pm = self.registry.plugin_manager()
         self._labels = {id(i.plugin): i.label for i in self.registry.plugins}
@@ -93,22 +106,24 @@ class Trainer:
         for phase in self.schedule.phases:
             self._build_optimizer(phase)
         self._evaluates, self.unscales = isinstance(self.task, Evaluates), isinstance(self.precision, Unscales)
+        self._own_shard = isinstance(self.task, ReadsOwnShard)  # checked once: a protocol check costs microseconds
 
     @classmethod
     def from_config(cls, source: Config | Mapping[str, Any] | str | Path, overrides: Iterable[str] = (), *,
-                    plugins: Iterable[PluginInfo | Any] = ()) -> Trainer:
+                    plugins: Iterable[PluginInfo | Any] = (), **options: Any) -> Trainer:
         """A Trainer from a :class:`Config`, a raw mapping, a preset name or a TOML/JSON path.
 
         ``plugins`` are extra plugin objects for this run (hook recorders, or components that
         are not installed: wrap those in :func:`phasetrain.registry.plugin` so that their
-        ``phasetrain_kinds`` and ``phasetrain_components`` are registered too).
+        ``phasetrain_kinds`` and ``phasetrain_components`` are registered too). ``options``
+        (``objects``, ``trust_code``, ``model_only``) go to the constructor.
         """
         plugins = list(plugins)
         registry = load_registry([p for p in plugins if isinstance(p, PluginInfo)])
         label, data = ((source.source, source.to_dict()) if isinstance(source, Config) else ("<dict>", source)
                        if isinstance(source, Mapping) else config_mod.resolve_source(str(source), registry))
         config = config_mod.build(data, overrides=overrides, source=label, registry=registry)
-        return cls(config, registry=registry, plugins=[p for p in plugins if not isinstance(p, PluginInfo)])
+        return cls(config, registry=registry, plugins=[p for p in plugins if not isinstance(p, PluginInfo)], **options)
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -256,7 +271,7 @@ class Trainer:
             status = "interrupted" if self._stop else status
             if self._evaluated != state.step:
                 self.evaluate()
-            if self._saved != state.step:
+            if self._saved != state.step or self._save_now:  # a request from the final evaluation too
                 self.save_checkpoint()
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
@@ -277,8 +292,9 @@ class Trainer:
         return self.outcome
 
     def _fetch(self, first: int) -> list[Any]:
-        task, shard = self.task, self.strategy.shard
-        return [shard(task.batch(first + i)) for i in range(self.config.run.grad_accum_steps)]
+        task, s = self.task, self.strategy
+        fetch = (lambda i: task.batch_part(i, s.rank, s.size)) if self._own_shard else (lambda i: s.shard(task.batch(i)))
+        return [fetch(first + i) for i in range(self.config.run.grad_accum_steps)]
 
     def _agree_stop(self) -> bool:
         # A signal may reach processes at different steps: they agree to stop at the same one,

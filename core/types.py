@@ -95,6 +95,15 @@ class Evaluates(Protocol):
 
 
 @runtime_checkable
+class ReadsOwnShard(Protocol):
+    """A task that reads only this process's part of each global batch itself: the loop asks it
+    for ``batch_part(index, rank, size)`` instead of splitting ``batch(index)`` with
+    ``strategy.shard``."""
+
+    def batch_part(self, index: int, rank: int, size: int) -> Any: ...
+
+
+@runtime_checkable
 class ExportsModel(Protocol):
     """A task whose saved model differs from the trained one (``load_model`` returns this)."""
 

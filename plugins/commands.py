@@ -45,10 +45,12 @@ class GracefulStop:
     def __init__(self, trainer: Any, args: argparse.Namespace):
         self.trainer, self.args = trainer, args
         self.previous: dict[int, Any] = {}
+        self.signalled = False  # a plugin may stop the run too (early stopping): no resume hint then
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.trainer.stop_requested:
             os._exit(128 + signum)
+        self.signalled = True
         self.trainer.request_stop()
         print(f"\nphasetrain: {signal.Signals(signum).name} received; stopping after this step "
               "(send it again to stop at once)", file=sys.stderr, flush=True)
@@ -61,7 +63,7 @@ class GracefulStop:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-        if self.trainer.stop_requested and self.trainer.strategy.main:
+        if self.signalled and self.trainer.stop_requested and self.trainer.strategy.main:
             sets = "".join(f" --set {s}" for s in self.args.overrides)
             print(f"phasetrain: stopped at step {self.trainer.state.step}; resume with:\n"
                   f"  phasetrain run {self.args.config}{sets} --resume", flush=True)
