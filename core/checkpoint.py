@@ -4,7 +4,7 @@ Writing, retention and finding the newest good checkpoint are the store componen
 (``phasetrain.types.Store``; the default ``local`` store keeps atomic, checksummed directories
 that load with ``weights_only``). Reading outside a run asks the installed default store first
 and then every other installed store, so a run whose config chose another store (a sharded
-one, say) is read back too; if none can, the default store's error is raised.
+one, say) is read back too; if none can, the error says what each store found.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             return {**state, "meta": meta}
         except CheckpointError as exc:
             failures.append(exc)
-    raise failures[0]
+    raise CheckpointError("; ".join(dict.fromkeys(str(exc) for exc in failures)))  # what each store found
 
 
 def load_model(run_dir: str | Path) -> torch.nn.Module:
