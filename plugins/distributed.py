@@ -103,7 +103,15 @@ def join(backend: str, timeout_s: float, device: str) -> None:
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     timeout = datetime.timedelta(seconds=timeout_s)
-    if "MASTER_ADDR" in os.environ:
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # torchrun's store outlives a restart and keeps the dead group's keys (its addresses):
+        # each attempt gets keys of its own (pytorch/pytorch#135712)
+        store = dist.PrefixStore(f"phasetrain/attempt-{env.get('TORCHELASTIC_RESTART_COUNT', '0')}/", dist.TCPStore(
+            env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timeout))
+        dist.init_process_group(backend=backend, timeout=timeout, store=store, rank=int(env["RANK"]),
+                                world_size=int(env["WORLD_SIZE"]))
+    elif "MASTER_ADDR" in env:
         dist.init_process_group(backend=backend, timeout=timeout)
     else:
         dist.init_process_group(backend=backend, timeout=timeout, store=dist.HashStore(), rank=0, world_size=1)

@@ -8,6 +8,8 @@ the gradient of its own shard. Everything else is as under ``ddp``: batch ``i`` 
 batch and each process trains on its 1/N slice; rank 0 logs; optimizers, learning-rate
 schedules, accumulation, clipping and weight averaging work unchanged, on the shards.
 
+- **Initialisation**: processes are seeded apart (``seed + rank``), so before sharding every
+  process takes rank 0's initial weights (one broadcast, as DistributedDataParallel does).
 - **Units**: every module whose class is listed in ``wrap`` (``"Block"`` or a qualified
   ``"pkg.mod.Block"``) and, with ``wrap_depth = d``, every module at depth 1..d (the model's
   children are at depth 1; ``ModuleList`` and ``ModuleDict`` containers are looked through)
@@ -38,6 +40,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import torch
+import torch.distributed as dist
 
 from phasetrain import Component, hookimpl
 from phasetrain.config import non_negative, one_of, positive
@@ -146,6 +149,9 @@ class FSDP(ProcessGroup):
         kwargs = {"mesh": self.mesh, "reshard_after_forward": o.reshard_after_forward,
                   "mp_policy": mixed_precision(trainer.precision, o.mixed_precision),
                   "offload_policy": CPUOffloadPolicy() if o.offload_params else OffloadPolicy()}
+        with torch.no_grad():  # processes were seeded apart: all start from rank 0's weights, as under ddp
+            for tensor in [*model.parameters(), *model.buffers()]:
+                dist.broadcast(tensor.detach(), src=0)
         names = {id(m): n for n, m in model.named_modules()}
         for module in units(model, o.wrap, o.wrap_depth):
             fully_shard(module, **kwargs)
