@@ -301,3 +301,19 @@ def test_a_restarted_group_resumes_only_when_the_run_has_a_checkpoint(tmp_path, 
     assert resume_on_restart(trainer)
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
     assert not resume_on_restart(trainer)  # the first attempt never resumes by itself
+
+
+@pytest.mark.parametrize(("mode", "gathered"), [("auto", torch.bfloat16), ("off", torch.float32)])
+def test_bf16_gathers_parameters_in_bf16_over_float32_master_weights(tmp_path, mode, gathered):
+    seen = []
+
+    class Watch:
+        @hookimpl
+        def train_start(self, trainer):
+            trainer.model[0].register_forward_pre_hook(lambda module, _args: seen.append(module.weight.dtype))
+
+    trainer, _ = trained(tmp_path / mode, *SHARDED, "precision='bf16'", f"strategy.mixed_precision='{mode}'",
+                         "run.steps=3", plugins=[Watch()])
+    assert seen and set(seen) == {gathered}
+    assert {p.dtype for p in trainer.trainable} == {torch.float32}
+    assert torch.isfinite(torch.tensor(trainer.outcome.metrics["loss"]))
