@@ -55,7 +55,7 @@ import torch.distributed as dist
 
 from phasetrain import Component, NoOptions, hookimpl
 from phasetrain.errors import CheckpointError, TrainingFailed
-from phasetrain.plugins.distributed import ShardsState
+from phasetrain.plugins.distributed import ShardsState, is_dtensor
 from phasetrain.plugins.store import META_FILE, STATE_FILE, checkpoint_dir, list_checkpoints, name_for, versions
 from phasetrain.state import rng_state
 
@@ -69,17 +69,11 @@ MARK = "__dtensor__"  # the key of a marker that stands for a DTensor in state.p
 # ---------------------------------------------------------------------------------------------
 
 
-def _dtensor() -> type:
-    from torch.distributed.tensor import DTensor
-
-    return DTensor
-
-
 def split(state: Any, path: str = "", shards: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """``state`` with every DTensor replaced by a marker, and the DTensors by key (``/``-joined
     path). Containers keep their keys and types."""
     shards = {} if shards is None else shards
-    if isinstance(state, _dtensor()):
+    if is_dtensor(state):
         if path in shards:
             raise TrainingFailed(f"two sharded tensors of the state have the key {path!r}")
         shards[path] = state
@@ -232,7 +226,7 @@ class ShardedStore:
 
         strategy = trainer.strategy
         skeleton, shards = split(dict(state))
-        local = [(n, t.to_local() if isinstance(t, _dtensor()) else t) for n, t in state["model"].items()]
+        local = [(n, t.to_local() if is_dtensor(t) else t) for n, t in state["model"].items()]
         bad = [n for n, t in local if t.is_floating_point() and not torch.isfinite(t).all()]
         if strategy.any(bool(bad)):  # each process saw its own shards: all refuse together
             raise TrainingFailed(f"refusing to write a checkpoint with non-finite weights ({', '.join(bad[:3]) or 'on another process'})")
