@@ -25,18 +25,16 @@ from typing import Any
 import torch
 
 from phasetrain import hookimpl
+from phasetrain.plugins.distributed import is_dtensor
 
 OUT = os.environ.get("PROBE_OUT")
 ATTEMPT, RANK = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"), os.environ.get("RANK", "0")
 
 
 def local_bytes(tensors: Any) -> int:
-    total = 0
-    for t in tensors:
-        if isinstance(t, torch.Tensor):
-            t = t.to_local() if hasattr(t, "to_local") else t
-            total += t.numel() * t.element_size()
-    return total
+    """Bytes of the tensors among ``tensors`` that this process holds (a DTensor: its shard)."""
+    held = [t.to_local() if is_dtensor(t) else t for t in tensors if isinstance(t, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in held)
 
 
 RECORD: dict[str, Any] = {"rank": int(RANK), "attempt": int(ATTEMPT), "step_s": []}

@@ -17,9 +17,10 @@ group's timeout (``timeout_s``) bounds any collective that waits on a dead rank.
 ``torchrun --max-restarts=N`` torchrun then starts the group again, and ``phasetrain run``
 resumes it from the newest good checkpoint by itself (:func:`restarted`).
 
-The ``fsdp`` strategy (``phasetrain.plugins.fsdp``) shares :func:`join` and the agreements of
-:class:`DDP`; what it and a store need to know of each other are the two small protocols here,
-:class:`ShardsState` and :class:`WritesShards`.
+The ``fsdp`` strategy (``phasetrain.plugins.fsdp``) shares :class:`ProcessGroup` (joining the
+group, the batch split, the agreements) with ``ddp``; what a sharding strategy and a store need
+to know of each other are the two small protocols here, :class:`ShardsState` and
+:class:`WritesShards`.
 """
 
 from __future__ import annotations
