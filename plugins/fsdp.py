@@ -127,19 +127,19 @@ class FSDP(ProcessGroup):
 
     def _refuse(self, trainer: Any) -> None:
         """Configurations that cannot work sharded, before anything is sharded."""
-        store = trainer.store
+        source, store = trainer.config.source, trainer.store
         if not (isinstance(store, WritesShards) and store.writes_shards):
             name = trainer.config.section("store").use
-            raise BadInput(f'strategy "fsdp": every process holds a shard of the model, which the store {name!r} '
-                           "cannot write; choose a store that writes shards: [store] use = \"sharded\" "
-                           "(--set store.use='sharded')")
-        precision = trainer.precision
-        if precision.handles_overflow:
-            raise BadInput(f'precision "{trainer.config.section("precision").use}" under strategy "fsdp": '
+            raise BadInput(f'{source}: store: strategy "fsdp" holds a shard of the model in every process, which '
+                           f"the store {name!r} cannot write; choose one that writes shards: [store] use = "
+                           "\"sharded\" (--set store.use='sharded')")
+        if trainer.precision.handles_overflow:
+            raise BadInput(f'{source}: precision: "{trainer.config.section("precision").use}" under strategy "fsdp": '
                            "loss scaling would decide for each shard alone whether to skip a step; "
                            'use precision "bf16"')
         if self.options.offload_params and self._device.type != "cuda":
-            raise BadInput(f"strategy.offload_params: needs a CUDA device; this run's device is {self._device}")
+            raise BadInput(f"{source}: strategy.offload_params: needs a CUDA device; this run's device is "
+                           f"{self._device}")
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
@@ -153,7 +153,11 @@ class FSDP(ProcessGroup):
             for tensor in [*model.parameters(), *model.buffers()]:
                 dist.broadcast(tensor.detach(), src=0)
         names = {id(m): n for n, m in model.named_modules()}
-        for module in units(model, o.wrap, o.wrap_depth):
+        try:
+            chosen = units(model, o.wrap, o.wrap_depth)
+        except BadInput as exc:
+            raise BadInput(f"{trainer.config.source}: {exc}") from None
+        for module in chosen:
             fully_shard(module, **kwargs)
             self.units.append(names[id(module)])
         return fully_shard(model, **kwargs)
@@ -170,8 +174,9 @@ class FSDP(ProcessGroup):
     def train_start(self, trainer: Any) -> None:
         for key, optimizer in trainer.optimizers.items():
             if getattr(optimizer, "requires_closure", False):
-                raise BadInput(f"optimizer {key!r} needs a closure (L-BFGS): its line search works on whole "
-                               'flattened vectors, which no process holds under strategy "fsdp"; use "ddp"')
+                raise BadInput(f"{trainer.config.source}: optimizer {key!r} needs a closure (L-BFGS): its line "
+                               'search works on whole flattened vectors, which no process holds under strategy '
+                               '"fsdp"; use "ddp"')
 
 
 @hookimpl

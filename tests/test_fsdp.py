@@ -258,11 +258,12 @@ def test_a_local_checkpoint_is_still_read_first_and_errors_are_the_default_store
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["strategy='fsdp'"], r"the store 'local' cannot write; .*\[store\] use = \"sharded\""),
-    ([*SHARDED, "precision='fp16'"], r'precision "fp16" under strategy "fsdp": loss scaling'),
-    ([*SHARDED, "strategy.offload_params=true"], r"strategy.offload_params: needs a CUDA device"),
-    ([*SHARDED, "strategy.wrap=['Transformer']"], r"strategy.wrap: the model has no module of class 'Transformer'"),
-    ([*SHARDED, "optimizer={use='lbfgs'}"], r"optimizer 'main' needs a closure \(L-BFGS\)"),
+    (["strategy='fsdp'"], r"^preset regression: store: .*the store 'local' cannot write; .*\[store\] use = \"sharded\""),
+    ([*SHARDED, "precision='fp16'"], r'^preset regression: precision: "fp16" under strategy "fsdp": loss scaling'),
+    ([*SHARDED, "strategy.offload_params=true"], r"^preset regression: strategy.offload_params: needs a CUDA device"),
+    ([*SHARDED, "strategy.wrap=['Transformer']"],
+     r"^preset regression: strategy.wrap: the model has no module of class 'Transformer'"),
+    ([*SHARDED, "optimizer={use='lbfgs'}"], r"^preset regression: optimizer 'main' needs a closure \(L-BFGS\)"),
 ])
 def test_what_cannot_run_sharded_is_refused_at_start(tmp_path, extra, message):
     with pytest.raises(BadInput, match=message):
