@@ -245,11 +245,16 @@ def test_non_finite_weights_are_never_written(tmp_path):
     assert [p.name for p in (tmp_path / "n" / "checkpoints").iterdir()] == ["step-00000010"]
 
 
-def test_a_local_checkpoint_is_still_read_first_and_errors_are_the_default_stores(tmp_path):
+def test_load_checkpoint_reads_either_store_and_says_what_each_found_when_neither_can(tmp_path):
     trained(tmp_path / "l", "run.steps=2")
-    assert phasetrain.load_checkpoint(tmp_path / "l")["meta"]["format"] == 2
+    trained(tmp_path / "s", *SHARDED, "run.steps=2")
+    assert phasetrain.load_checkpoint(tmp_path / "l")["meta"]["format"] == 2  # the default store's
+    assert phasetrain.load_checkpoint(tmp_path / "s")["meta"]["format"] == sharded_store.FORMAT
     with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
         phasetrain.load_checkpoint(tmp_path / "nothing")
+    (tmp_path / "s" / "checkpoints" / "step-00000002" / "state.pt").write_bytes(b"truncated")
+    with pytest.raises(CheckpointError, match=r"not a phasetrain checkpoint of format 2.*state.pt: checksum mismatch"):
+        phasetrain.load_checkpoint(tmp_path / "s" / "checkpoints" / "step-00000002")
 
 
 # ---------------------------------------------------------------------------------------------
