@@ -149,9 +149,10 @@ class FSDP(ProcessGroup):
         kwargs = {"mesh": self.mesh, "reshard_after_forward": o.reshard_after_forward,
                   "mp_policy": mixed_precision(trainer.precision, o.mixed_precision),
                   "offload_policy": CPUOffloadPolicy() if o.offload_params else OffloadPolicy()}
-        with torch.no_grad():  # processes were seeded apart: all start from rank 0's weights, as under ddp
-            for tensor in [*model.parameters(), *model.buffers()]:
-                dist.broadcast(tensor.detach(), src=0)
+        if self.size > 1:  # processes were seeded apart: all start from rank 0's weights, as under ddp
+            with torch.no_grad():
+                for tensor in [*model.parameters(), *model.buffers()]:
+                    dist.broadcast(tensor.detach(), src=0)
         names = {id(m): n for n, m in model.named_modules()}
         try:
             chosen = units(model, o.wrap, o.wrap_depth)
