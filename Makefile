@@ -6,7 +6,7 @@ PIP := $(BIN)/python -m pip
 CONSTRAINTS := -c constraints.txt
 PRESET ?= digits
 
-.PHONY: run test install install-test clean bench
+.PHONY: run test install install-test clean bench gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/overhead.py
+
+# Every GPU path on one NVIDIA GPU (meant to take under 10 minutes); exits 1 if one is broken or there is no GPU.
+gpu-check: $(VENV)/.installed
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info .pytest_cache .hypothesis

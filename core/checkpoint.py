@@ -2,7 +2,9 @@
 
 Writing, retention and finding the newest good checkpoint are the store component's job
 (``phasetrain.types.Store``; the default ``local`` store keeps atomic, checksummed directories
-that load with ``weights_only``). Reading outside a run uses the installed default store.
+that load with ``weights_only``). Reading outside a run asks the installed default store first
+and then every other installed store, so a run whose config chose another store (a sharded
+one, say) is read back too; if none can, the error says what each store found.
 """
 
 from __future__ import annotations
@@ -13,17 +15,17 @@ from typing import Any
 import attrs
 import torch
 
-from phasetrain.errors import BadInput
+from phasetrain.errors import BadInput, CheckpointError
 from phasetrain.registry import load_registry
 
 
-def default_store(registry: Any = None) -> Any:
-    """The default ``[store]`` component, built for reading outside a run."""
+def stores(registry: Any = None) -> list[Any]:
+    """Every installed ``[store]`` component, the default one first, built for reading outside a run."""
     registry = registry or load_registry()
     if not (names := registry.defaults("store")):
         raise BadInput("no installed plugin offers a default [store] to read checkpoints with")
-    component = registry.get("store", names[0])
-    return component.factory(component.config(), None)
+    ordered = sorted(registry.names("store"), key=lambda name: name != names[0])
+    return [(c := registry.get("store", name)).factory(c.config(), None) for name in ordered]
 
 
 def load_checkpoint(path: str | Path, which: str = "last") -> dict[str, Any]:
@@ -40,8 +42,14 @@ def load_checkpoint(path: str | Path, which: str = "last") -> dict[str, Any]:
         if found is None:
             raise BadInput(f"{path}: the run keeps no checkpoint named {which!r} (\"last\" is the newest)")
         path = found
-    _path, state, meta = default_store().latest(Path(path))
-    return {**state, "meta": meta}
+    failures = []
+    for store in stores():
+        try:
+            _path, state, meta = store.latest(Path(path))
+            return {**state, "meta": meta}
+        except CheckpointError as exc:
+            failures.append(exc)
+    raise CheckpointError("; ".join(dict.fromkeys(str(exc) for exc in failures)))  # what each store found
 
 
 def load_model(run_dir: str | Path, model: torch.nn.Module | None = None, *, which: str = "last", trust_code: bool = False) -> torch.nn.Module:
@@ -61,7 +69,7 @@ def load_model(run_dir: str | Path, model: torch.nn.Module | None = None, *, whi
     if model is not None:
         model.load_state_dict(state["model"])
         return model.eval()
-    cfg = config_mod.build(state["meta"]["config"], source=str(run_dir))
+    cfg = config_mod.build(state["meta"]["config"], overrides=["strategy={use='single'}"], source=str(run_dir))
     cfg.run.device = "cpu"
     for key, value in cfg.sections.items():  # no logs, no files: only the model is wanted
         if isinstance(value, dict):

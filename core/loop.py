@@ -99,8 +99,8 @@ class Trainer:
         for kind in ("precision", "task", "schedule"):  # the model is initialised right after seeding
             self.component(kind)
         self.model: torch.nn.Module = self.task.model
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.train_model: torch.nn.Module = self.strategy.wrap(self.model)  # what the real step runs
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]  # after wrap: FSDP2 swaps them
         for kind in [k for k in self.registry.kinds if k not in ("optimizer", "lr_schedule")]:  # in declared order
             self.component(kind)
         for phase in self.schedule.phases:

@@ -11,7 +11,9 @@ loggers turn it into a number when they write). They use ``torch.nn.utils``:
 - ``value``: ``clip_grad_value_`` — clamp every gradient element to ``[-max_value, max_value]``.
 
 Under DDP the gradients are already all-reduced when ``after_backward`` fires, so the norm is
-the global one on every process.
+the global one on every process. Under FSDP each process holds a shard of every gradient (a
+DTensor): ``clip_grad_norm_`` reduces the shards' norms across processes, so the norm and the
+clipping are global too, and the norm is reported as a plain tensor.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 
 from phasetrain import Component, hookimpl
 from phasetrain.config import FieldValueError, positive
+from phasetrain.plugins.distributed import is_dtensor
 from phasetrain.registry import Kind
 
 
@@ -58,6 +61,8 @@ class ClipNorm:
     def after_backward(self, trainer: Any) -> None:
         params = [p for p in trainer.trainable if p.grad is not None]
         self.norm = self.clip(params) if params else None
+        if is_dtensor(self.norm):  # replicated: every process holds the global norm
+            self.norm = self.norm.to_local()
 
     @hookimpl
     def post_step(self, metrics: Any) -> None:

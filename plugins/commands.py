@@ -27,7 +27,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     trainer = Trainer(config_mod.load(args.config, args.overrides))
     try:
-        if args.resume:
+        # a group that torchrun --max-restarts started again continues from its newest checkpoint
+        from phasetrain.plugins.distributed import resume_on_restart
+
+        if args.resume or resume_on_restart(trainer):
             path = trainer.resume(report=lambda msg: print(f"phasetrain: {msg}", file=sys.stderr))
             if trainer.strategy.main:
                 print(f"phasetrain: resuming from {path}")

@@ -13,7 +13,14 @@ joins the process group (backend ``auto``: nccl on CUDA, gloo on the CPU) and th
 - observers are built on rank 0 alone; rank 0 writes checkpoints while the others wait.
 
 A failing rank exits non-zero with its message; torchrun then stops the others, and the process
-group's timeout (``timeout_s``) bounds any collective that waits on a dead rank.
+group's timeout (``timeout_s``) bounds any collective that waits on a dead rank. Under
+``torchrun --max-restarts=N`` torchrun then starts the group again, and ``phasetrain run``
+resumes it from the newest good checkpoint by itself (:func:`restarted`).
+
+The ``fsdp`` strategy (``phasetrain.plugins.fsdp``) shares :class:`ProcessGroup` (joining the
+group, the batch split, the agreements) with ``ddp``; what a sharding strategy and a store need
+to know of each other are the two small protocols here, :class:`ShardsState` and
+:class:`WritesShards`.
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import torch
@@ -30,8 +38,24 @@ import torch.distributed as dist
 
 from phasetrain import Component, hookimpl
 from phasetrain.config import non_negative, one_of, positive
-from phasetrain.errors import TrainingFailed
+from phasetrain.errors import CheckpointError, TrainingFailed
 from phasetrain.strategy import SingleProcess, resolve_device
+
+
+@runtime_checkable
+class ShardsState(Protocol):
+    """A strategy that splits parameters, gradients and optimizer state across its processes:
+    they are DTensors on ``mesh`` (a ``DeviceMesh``), each process holding its shard."""
+
+    mesh: Any
+
+
+@runtime_checkable
+class WritesShards(Protocol):
+    """A store that writes every process's shard of a sharded state (``writes_shards`` is True)
+    and reads it back on any number of processes."""
+
+    writes_shards: bool
 
 
 @attrs.define
@@ -41,9 +65,57 @@ class DDPOptions:
     check_every: int = attrs.field(default=0, validator=non_negative)  # >0: verify weights agree every N steps
 
 
+def is_dtensor(value: Any) -> bool:
+    """Whether ``value`` is a DTensor (a shard of a tensor split across processes), without
+    importing torch.distributed.tensor, which takes seconds, in runs that never use it."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(value, module.DTensor)
+
+
 def launched() -> bool:
     """True when started by torchrun (or anything that sets the same environment)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def restarted() -> bool:
+    """True in a process group that ``torchrun --max-restarts`` started again after a failure."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def resume_on_restart(trainer: Any) -> bool:
+    """Whether ``phasetrain run`` should resume by itself: the group was restarted by torchrun
+    and the run has a checkpoint (a group that failed before its first one starts again)."""
+    if not restarted():
+        return False
+    try:
+        trainer.store.latest(trainer.out_dir)
+    except CheckpointError:
+        return False
+    return True
+
+
+def join(backend: str, timeout_s: float, device: str) -> None:
+    """Join the process group torchrun describes in the environment; without torchrun, a group
+    of this process alone (so that a one-process run takes the same code path)."""
+    if dist.is_initialized():
+        return
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    backend = backend if backend != "auto" else ("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # torchrun's store outlives a restart and keeps the dead group's keys (its addresses):
+        # each attempt gets keys of its own (pytorch/pytorch#135712)
+        store = dist.PrefixStore(f"phasetrain/attempt-{env.get('TORCHELASTIC_RESTART_COUNT', '0')}/", dist.TCPStore(
+            env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timeout))
+        dist.init_process_group(backend=backend, timeout=timeout, store=store, rank=int(env["RANK"]),
+                                world_size=int(env["WORLD_SIZE"]))
+    elif "MASTER_ADDR" in env:
+        dist.init_process_group(backend=backend, timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, timeout=timeout, store=dist.HashStore(), rank=0, world_size=1)
 
 
 def shard(batch: Any, rank: int, size: int) -> Any:
@@ -61,21 +133,15 @@ def shard(batch: Any, rank: int, size: int) -> Any:
     return batch
 
 
-class DDP:
-    """One process per device, gradients all-reduced by DistributedDataParallel."""
+class ProcessGroup:
+    """What the strategies on torch.distributed share: joining the group, a global batch split
+    along dim 0, and the agreements the loop needs. Subclasses wrap the model."""
 
-    def __init__(self, options: DDPOptions, ctx: Any):
+    def __init__(self, options: Any, ctx: Any):
         self.options = options
-        if not dist.is_initialized():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            use_cuda = ctx.config.run.device != "cpu" and torch.cuda.is_available()
-            backend = options.backend if options.backend != "auto" else ("nccl" if use_cuda else "gloo")
-            if use_cuda:
-                torch.cuda.set_device(local)
-            dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=options.timeout_s))
+        join(options.backend, options.timeout_s, ctx.config.run.device)
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.checks = 0
         self._device = torch.device("cpu")
 
     @property
@@ -86,17 +152,8 @@ class DDP:
         self._device = resolve_device(name, self.local_rank, spread=True)
         return self._device
 
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [self._device.index] if self._device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
-
     def shard(self, batch: Any) -> Any:
         return shard(batch, self.rank, self.size)
-
-    def no_sync(self, module: torch.nn.Module) -> contextlib.AbstractContextManager:
-        return module.no_sync()
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         out = value.detach().clone()
@@ -119,6 +176,23 @@ class DDP:
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+class DDP(ProcessGroup):
+    """One process per device, gradients all-reduced by DistributedDataParallel."""
+
+    def __init__(self, options: DDPOptions, ctx: Any):
+        super().__init__(options, ctx)
+        self.checks = 0
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self._device.index] if self._device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def no_sync(self, module: torch.nn.Module) -> contextlib.AbstractContextManager:
+        return module.no_sync()
 
     def same_on_all_ranks(self, tensors: list[torch.Tensor]) -> bool:
         """Whether ``tensors`` are bitwise equal on every rank (two checksums are compared)."""

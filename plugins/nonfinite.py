@@ -27,6 +27,7 @@ import torch
 from phasetrain import Component, NoOptions, hookimpl
 from phasetrain.config import in_range, positive
 from phasetrain.errors import TrainingFailed
+from phasetrain.plugins.distributed import is_dtensor
 from phasetrain.registry import Kind
 
 
@@ -52,10 +53,18 @@ _FLAGS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
 def finite(loss: torch.Tensor, params: list[torch.Tensor], check_grads: bool) -> bool:
     """True when ``loss`` (and, if asked, every gradient) is finite: one fused kernel for tensors
-    of one device and dtype, group by group otherwise."""
-    tensors = [loss, *[p.grad for p in params if p.grad is not None]] if check_grads else [loss]
+    of one device and dtype, group by group otherwise. Sharded gradients (DTensors, under
+    ``fsdp``) are checked apart from plain tensors: torch then agrees on their verdict across
+    the processes that hold the shards."""
+    grads = [p.grad for p in params if p.grad is not None] if check_grads else []
+    sharded = [g for g in grads if is_dtensor(g)]
+    plain = [loss, *(g for g in grads if not is_dtensor(g))]
+    return all(_checked(group) for group in (sharded, plain) if group)
+
+
+def _checked(tensors: list[torch.Tensor]) -> bool:
     try:
-        return _fused(tensors, loss.device)
+        return _fused(tensors, tensors[0].device)
     except RuntimeError:  # mixed devices or dtypes
         groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
         for t in tensors:
@@ -64,8 +73,8 @@ def finite(loss: torch.Tensor, params: list[torch.Tensor], check_grads: bool) ->
 
 
 def _fused(tensors: list[torch.Tensor], device: torch.device) -> bool:
-    if device not in _FLAGS:
-        _FLAGS[device] = (torch.zeros(1, device=device), torch.ones(1, device=device))
+    if device not in _FLAGS:  # 0-dim flags: DTensor takes them for replicated scalars without a warning
+        _FLAGS[device] = (torch.zeros((), device=device), torch.ones((), device=device))
     found, one = _FLAGS[device]
     found.zero_()
     torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, one)

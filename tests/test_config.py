@@ -112,8 +112,9 @@ def test_preset_and_toml_output_round_trip():
 
 optimizers = st.one_of(
     st.fixed_dictionaries({"use": st.just("adam"), "lr": st.floats(1e-6, 1.0), "amsgrad": st.booleans()}),
-    st.fixed_dictionaries({"use": st.just("sgd"), "lr": st.floats(1e-6, 1.0), "momentum": st.floats(0, 0.99),
-                           "nesterov": st.booleans()}),
+    st.floats(0, 0.99).flatmap(lambda momentum: st.fixed_dictionaries({  # nesterov needs momentum
+        "use": st.just("sgd"), "lr": st.floats(1e-6, 1.0), "momentum": st.just(momentum),
+        "nesterov": st.booleans() if momentum > 0 else st.just(False)})),
     st.fixed_dictionaries({"use": st.just("lbfgs"), "max_iter": st.integers(1, 50), "history_size": st.integers(1, 100)}),
 )
 runs = st.fixed_dictionaries({
