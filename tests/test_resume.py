@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import phasetrain
 from phasetrain import hookimpl
 from phasetrain.errors import BadInput, CheckpointError
+from phasetrain.plugins.store import meta_checksum
 
 
 class StopAt:
@@ -141,7 +142,8 @@ def test_a_malicious_pickle_is_refused_and_never_runs(quiet, tmp_path):
         zf.writestr("archive/version", "3\n")
     (ckpt / "state.pt").write_bytes(buf.getvalue())
     meta = json.loads((ckpt / "meta.json").read_text())
-    meta["sha256"]["state.pt"] = hashlib.sha256(buf.getvalue()).hexdigest()  # checksum forged too
+    meta["sha256"]["state.pt"] = hashlib.sha256(buf.getvalue()).hexdigest()  # checksums forged too
+    meta["meta_sha256"] = meta_checksum(meta)
     (ckpt / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="refused to load"):
         phasetrain.load_checkpoint(ckpt)
