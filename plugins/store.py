@@ -190,15 +190,15 @@ def prune(root: Path, keep: int, upto: int | None = None) -> None:
 def recover(root: Path) -> list[str]:
     """Tidy what a crashed or failed write left behind; return what was done, for the log.
 
-    A checkpoint moved aside for a re-write whose new copy never arrived is put back; one whose
-    new copy did arrive, temporaries and half-deleted directories of other processes are removed.
+    Called when a run starts, before it writes anything. A checkpoint moved aside for a re-write
+    whose new copy never arrived is put back; one whose new copy did arrive is removed, and so are
+    temporary and half-deleted directories.
     """
     done: list[str] = []
     if not root.is_dir():
         return done
-    mine = f"-{os.getpid()}"
     for entry in sorted(root.iterdir()):
-        if entry.is_symlink() or not entry.is_dir() or entry.name.endswith(mine):
+        if entry.is_symlink() or not entry.is_dir():
             continue
         if (aside := _ASIDE.fullmatch(entry.name)) and not (root / aside.group(1)).exists():
             os.replace(entry, root / aside.group(1))
