@@ -20,14 +20,16 @@ Reading: ``meta.json`` carries its own SHA-256 and that of ``state.pt``; both mu
 ``state.pt`` is loaded with ``torch.load(weights_only=True)``: loading never unpickles arbitrary
 objects. Only regular files are read (a FIFO or a device is refused without blocking), and
 nothing a symbolic link leads to outside the checkpoints directory. A checkpoint whose weights
-are not finite, whose counters are of the wrong types, or which a newer checkpoint format wrote,
-is refused; one written by a newer phasetrain or torch loads with a warning naming both versions.
+are not finite or whose counters are of the wrong types is refused like a damaged one: resume
+reports it and takes the previous one. One in a newer checkpoint format stops the resume (taking
+an older one would overwrite the newer later); one written by a newer phasetrain, torch or plugin
+loads with a warning naming both versions.
 """
 
 from __future__ import annotations
 
-import hashlib
 import contextlib
+import hashlib
 import importlib.metadata
 import io
 import json
@@ -222,7 +224,7 @@ def usable(trainer: Trainer) -> Path:
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         os.unlink(probe)
     except OSError as exc:
-        where = exc.filename or root
+        where = root if exc.filename == str(probe) else exc.filename or root
         raise BadInput(f"run.out_dir: cannot write checkpoints in {out_dir!r} ({where}: {exc.strerror or exc})") from None
     return root
 
@@ -298,9 +300,9 @@ def read_meta(path: Path, inside: Path | None = None) -> dict[str, Any]:
                               f"reads format {FORMAT}: finish that run with phasetrain 0.1 or start it again")
     if isinstance(meta, dict) and isinstance(meta.get("format"), int) and meta["format"] > FORMAT:
         by = meta.get("versions", {}).get("phasetrain", "?") if isinstance(meta.get("versions"), dict) else "?"
-        raise CheckpointError(f"{meta_path}: written in checkpoint format {meta['format']} by phasetrain {by}; "
-                              f"this phasetrain ({_installed('phasetrain')}) reads format {FORMAT}: upgrade "
-                              "phasetrain to resume it")
+        # Not damaged but newer: resuming from an older checkpoint instead would overwrite it later.
+        raise BadInput(f"{meta_path}: written in checkpoint format {meta['format']} by phasetrain {by}; this "
+                       f"phasetrain ({_installed('phasetrain')}) reads format {FORMAT}: upgrade phasetrain to resume it")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path}: not a phasetrain checkpoint of format {FORMAT}")
     if meta.get("meta_sha256") != meta_checksum(meta):
@@ -409,8 +411,8 @@ def _loaded(path: Path, inside: Path, accept: Accept | None) -> tuple[dict[str, 
     if accept is not None:
         try:
             accept(path, state, meta)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
+        except CheckpointError as exc:  # torch's own messages span lines: one line each
+            raise CheckpointError(f"{path}: {' '.join(str(exc).split())}") from None
         except PhasetrainError:  # a refusal that no other checkpoint of the run would change
             raise
         except Exception as exc:

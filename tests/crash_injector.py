@@ -47,12 +47,16 @@ class Recorder:
     def __init__(self, at: int | None = None, watch: Path | None = None, image: Path | None = None):
         self.at, self.watch, self.image = at, watch, image
         self.done: list[str] = []
+        self.crashed = False  # from then on, operations (the imaging's own) are not counted
 
     def wrap(self, name: str, real: Any) -> Any:
         def operation(*args: Any, **kwargs: Any) -> Any:
             result = real(*args, **kwargs)  # an operation that fails changed nothing: no crash point
+            if self.crashed:
+                return result
             self.done.append(f"{name}({', '.join(_short(a) for a in args)})")
             if self.at is not None and len(self.done) - 1 == self.at:
+                self.crashed = True
                 if self.watch is not None and self.image is not None:
                     shutil.copytree(self.watch, self.image, symlinks=True)
                 raise Crash(self.done[-1])
