@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import json
 import tomllib
@@ -241,14 +242,15 @@ def make_converter(registry: Registry) -> cattrs.Converter:
     """The project-owned converter: strict primitives, unknown keys forbidden, sections typed
     from ``registry``'s kinds and each choice structured into its component's config class."""
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    # Numbers must fit where they go: integers in 64 bits (sizes, seeds, tensors), floats in float32
+    # (they end up in tensors), so no float is infinite or NaN unless its field is a FloatOrInf.
     fits = {int: (lambda v: -2**63 <= v < 2**63, "between -2**63 and 2**63 - 1 (64 bits)"), FloatOrInf: (lambda v: v == v, "a number"),
             float: (lambda v: abs(v) <= 3.4e38, "finite and within float32's range (|x| <= 3.4e38)")}
     for kind, accepts, label in ((int, (int,), "an integer"), (float, (int, float), "a float"), (FloatOrInf, (int, float), "a float"),
                                  (str, (str,), "a string"), (bool, (bool,), "a boolean")):
         conv.register_structure_hook(kind, _strict(float if kind is FloatOrInf else kind, accepts, label, fits.get(kind)))
-    tables: dict[type, Any] = {}  # cattrs' own message for a value where a table belongs is about Python
-    conv.register_structure_hook_func(attrs.has, lambda value, cls: (
-        tables.get(cls) or tables.setdefault(cls, conv.gen_structure_attrs_fromdict(cls)))(_table(value), cls))
+    tables = functools.cache(conv.gen_structure_attrs_fromdict)  # cattrs' message for a non-table is about Python
+    conv.register_structure_hook_func(attrs.has, lambda value, cls: tables(cls)(_table(value), cls))
 
     def structure_array(value: Any, cls: Any) -> Any:  # a TOML array, not a string's characters; a tuple at its length
         args, is_tuple = get_args(cls), get_origin(cls) is tuple
