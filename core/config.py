@@ -111,7 +111,7 @@ class RunConfig:
     eval_every: int = resumable(default=0, validator=non_negative)  # 0: evaluate at the end only
     checkpoint_every: int = resumable(default=0, validator=non_negative)  # 0: at the end only
     keep_checkpoints: int = resumable(default=3, validator=positive)
-    grad_accum_steps: int = attrs.field(default=1, validator=positive)  # micro-batches per step
+    grad_accum_steps: int = attrs.field(default=1, validator=in_range(1, 2**16))  # micro-batches per step
     threads: int = resumable(default=0, validator=in_range(0, 1024))  # torch threads; 0: torch's default
 
 

@@ -39,9 +39,9 @@ import shutil
 import stat
 import sys
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import torch
 
@@ -263,9 +263,10 @@ def newest_on_disk(root: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def _read(path: Path, inside: Path, limit: int | None = None) -> bytes:
-    """The bytes of a regular file at ``path`` that lies inside ``inside``; never blocks on a
-    FIFO or reads a device without end."""
+@contextlib.contextmanager
+def _regular(path: Path, inside: Path, limit: int | None = None) -> Iterator[BinaryIO]:
+    """The regular file at ``path``, which must lie inside ``inside``, open for reading; never
+    blocks on a FIFO or reads a device without end."""
     if not path.exists() and not path.is_symlink():
         raise CheckpointError(f"{path}: missing")
     if not path.resolve().is_relative_to(inside):
@@ -274,18 +275,21 @@ def _read(path: Path, inside: Path, limit: int | None = None) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise CheckpointError(f"{path}: unreadable ({exc.strerror or exc})") from None
-    try:
+    with os.fdopen(fd, "rb") as f:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise CheckpointError(f"{path}: not a regular file; refused")
         if limit is not None and info.st_size > limit:
             raise CheckpointError(f"{path}: {info.st_size} bytes, too large to be one")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read(info.st_size)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: unreadable ({exc.strerror or exc})") from None
-    finally:
-        os.close(fd)
+        yield f
+
+
+def _read(path: Path, inside: Path, limit: int | None = None) -> bytes:
+    with _regular(path, inside, limit) as f:
+        try:
+            return f.read()
+        except OSError as exc:
+            raise CheckpointError(f"{path}: unreadable ({exc.strerror or exc})") from None
 
 
 def read_meta(path: Path, inside: Path | None = None) -> dict[str, Any]:
@@ -371,16 +375,24 @@ def load_dir(path: Path, inside: Path | None = None) -> tuple[dict[str, Any], di
     if expected is not None and expected != meta["step"]:
         raise CheckpointError(f"{path}: {META_FILE} says step {meta['step']}, not the step its name says")
     state_path = path / STATE_FILE
-    data = _read(state_path, inside)
-    if hashlib.sha256(data).hexdigest() != meta["sha256"][STATE_FILE]:
-        raise CheckpointError(f"{state_path}: checksum mismatch (truncated or modified)")
-    _warn_if_newer(path, meta)
+    with _regular(state_path, inside) as f:
+        try:  # hashed as it streams: a huge or damaged file is not held in memory twice
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError as exc:
+            raise CheckpointError(f"{state_path}: unreadable ({exc.strerror or exc})") from None
+        if digest != meta["sha256"][STATE_FILE]:
+            raise CheckpointError(f"{state_path}: checksum mismatch (truncated or modified)")
+        _warn_if_newer(path, meta)
+        f.seek(0)
+        try:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises UnpicklingError and friends for unsafe content
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{state_path}: refused to load ({first})") from None
     try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError and friends for unsafe content
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{state_path}: refused to load ({first})") from None
-    _check_state(path, state, meta)
+        _check_state(path, state, meta)
+    except RecursionError:
+        raise CheckpointError(f"{state_path}: nested too deeply to be a phasetrain state") from None
     return state, meta
 
 
