@@ -203,8 +203,9 @@ def recover(root: Path) -> list[str]:
         if entry.is_symlink() or not entry.is_dir():
             continue
         if (aside := _ASIDE.fullmatch(entry.name)) and not (root / aside.group(1)).exists():
-            os.replace(entry, root / aside.group(1))
-            done.append(f"put back {aside.group(1)} (moved aside by a write that did not finish)")
+            with contextlib.suppress(OSError):  # then readers go on taking it as that step's
+                os.replace(entry, root / aside.group(1))
+                done.append(f"put back {aside.group(1)} (moved aside by a write that did not finish)")
         elif entry.name.startswith((TMP, OLD, DEL)):
             shutil.rmtree(entry, ignore_errors=True)
             done.append(f"removed {entry.name}")
