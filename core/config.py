@@ -404,7 +404,7 @@ def read_file(path: Path) -> dict[str, Any]:
 def resolve_source(name_or_path: str, registry: Registry) -> tuple[str, dict[str, Any]]:
     """A preset name or a file path → (label for messages, raw data)."""
     path = Path(name_or_path)
-    if path.suffix in (".toml", ".json") or path.exists():
+    if path.suffix in (".toml", ".json") or (path.exists() and not path.is_dir()):  # a directory may share a preset's name
         if not path.is_file():  # a FIFO or a device would never end
             raise ConfigError(str(path), "", "not a regular file" if path.exists() else "no such file")
         return str(path), read_file(path)

@@ -104,7 +104,8 @@ def _write_all(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise _cannot_write(path, exc) from None
 
 
@@ -150,6 +151,8 @@ class JsonlMetrics:
     def train_start(self, trainer: Any) -> None:
         if not is_writer():
             return
+        if self.path.exists() and not self.path.is_file():  # a FIFO would block reading and writing
+            raise BadInput(f"{self.path}: not a regular file; cannot be the metrics file")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):  # left by a crashed run

@@ -324,3 +324,11 @@ def test_a_real_full_then_read_only_file_system(tmpfs, capsys):
     capsys.readouterr()
     assert cli.main([*run[:2], "--set", "run.steps=45", *run[4:], "--resume"]) == 2
     assert "Read-only file system" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_metrics_file_that_is_a_fifo_is_refused_without_blocking(quiet, capsys):
+    trainer = trained(quiet)
+    (trainer.out_dir / "metrics.jsonl").unlink()
+    os.mkfifo(trainer.out_dir / "metrics.jsonl")
+    rc = cli.main(["run", "regression", *[w for s in [*quiet, *STEPS, "run.steps=9"] for w in ("--set", s)], "--resume"])
+    assert rc == 2 and "metrics.jsonl: not a regular file" in capsys.readouterr().err.strip().splitlines()[-1]
