@@ -34,9 +34,9 @@ from typing import IO, Any
 import attrs
 
 from phasetrain import Component, hookimpl
-from phasetrain.config import FieldValueError, non_negative
+from phasetrain.config import non_negative
 from phasetrain.errors import BadInput, TrainingFailed
-from phasetrain.plugins.observing import RunClock, as_number, finite_or_none, is_writer, numeric_fields
+from phasetrain.plugins.observing import RunClock, as_number, finite_or_none, inside_run_dir, is_writer, numeric_fields
 
 FILE = "metrics.jsonl"
 #: Fields every record has; metric fields of the same name are not copied over them.
@@ -45,19 +45,12 @@ RESERVED = ("kind", "step", "time", "wall", "phase")
 STATE_KEY = "metrics_jsonl"
 
 
-def _relative_file(_instance: Any, attribute: attrs.Attribute, value: str) -> None:
-    if not value.strip() or "\0" in value:
-        raise FieldValueError(attribute.name, f"must name a file, got {value!r}")
-    if os.path.isabs(value) or os.path.normpath(value).split(os.sep)[0] == os.pardir:
-        raise FieldValueError(attribute.name, f"must be a path inside the run directory, got {value!r}")
-
-
 @attrs.define
 class JsonlOptions:
     """Where and how often the metrics file is written."""
 
     every: int = attrs.field(default=0, validator=non_negative)  # train records every N steps; 0: run.log_every
-    file: str = attrs.field(default=FILE, validator=_relative_file)  # relative to run.out_dir
+    file: str = attrs.field(default=FILE, validator=inside_run_dir)  # relative to run.out_dir
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:

@@ -87,6 +87,7 @@ def test_a_config_path_that_is_not_a_regular_file_is_refused_without_reading(cap
     ("grad_clip={use='norm', max_norm=inf}", "grad_clip.max_norm"), ("grad_clip={use='norm', norm_type=nan}", "grad_clip.norm_type"),
     ("observers.jsonl.file='/proc/nope/x'", "observers.jsonl.file"), ("observers.jsonl.file='../../x.jsonl'", "observers.jsonl.file"),
     ("observers.jsonl.file='a/../../x.jsonl'", "observers.jsonl.file"), ("observers.jsonl.file=''", "observers.jsonl.file"),
+    ("observers.tensorboard={log_dir='../tb'}", "observers.tensorboard.log_dir"),
     ("run=5", "run"), ("optimizer.betas=(0.9,0.95)", "optimizer.betas"), ("optimizer.betas=[0.9]", "optimizer.betas"),
     ("optimizer.betas=0.9", "optimizer.betas"), ("schedule={use='staged', stages=[5]}", "schedule.stages[0]"),
 ])
