@@ -347,8 +347,9 @@ def _check_state(path: Path, state: Any, meta: Mapping[str, Any]) -> None:
         if not isinstance(state.get(key), kind):
             raise CheckpointError(f"{where}: {key!r} is missing or not a {kind.__name__}")
     counters = state["trainer"]
-    if bad := [k for k, kind in _COUNTERS.items() if not isinstance(counters.get(k), kind) or isinstance(counters.get(k), bool)]:
-        raise CheckpointError(f"{where}: the counters {', '.join(bad)} are missing or of the wrong type")
+    if bad := [k for k, kind in _COUNTERS.items() if not isinstance(counters.get(k), kind) or isinstance(counters.get(k), bool)
+               or (kind is not str and not 0 <= counters[k] < float("inf"))]:
+        raise CheckpointError(f"{where}: the counters {', '.join(bad)} are missing, of the wrong type or negative")
     if counters["step"] != meta["step"]:
         raise CheckpointError(f"{where}: holds step {counters['step']} but {META_FILE} says {meta['step']}")
     for group in ("model", "optimizers"):

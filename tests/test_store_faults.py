@@ -88,6 +88,7 @@ DAMAGE = {
     "inf in Adam's moments": (lambda s: [t.fill_(float("inf")) for st in s["optimizers"]["main"]["state"].values()
                                          for k, t in st.items() if k == "exp_avg_sq"], "non-finite values in optimizers"),
     "a counter of the wrong type": (lambda s: s["trainer"].__setitem__("step", "6"), "counters step"),
+    "a negative data position": (lambda s: s["trainer"].__setitem__("batches", -3), "counters batches"),
     "a plugin's state it cannot restore": (lambda s: s["plugins"]["probe"].__setitem__("value", "poison"),
                                            "its state does not apply: KeyError"),
 }
