@@ -4,13 +4,17 @@ Every command comes from a plugin through ``phasetrain_add_commands``, phasetrai
 (``run``, ``config``, ``plugins``, ...) included, so a plugin can replace any of them. Exit codes:
 0 done, 2 bad input (config, arguments, unknown names, checkpoints), 1 a failure during
 training. Errors print one line and no traceback; ``--debug`` (or ``PHASETRAIN_DEBUG=1``) adds it.
+A signal before a command installs its own handlers (``run`` checkpoints on one) exits 130
+(SIGINT) or 143 (SIGTERM) with a message, whatever was loading.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -48,26 +52,34 @@ def _warning(message: Any, *_args: Any, **_kwargs: Any) -> None:
     print(f"phasetrain: warning: {message}", file=sys.stderr)
 
 
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     debug = os.environ.get("PHASETRAIN_DEBUG", "") not in ("", "0") or "--debug" in (argv or sys.argv[1:])
     warnings.showwarning = _warning
+    if threading.current_thread() is threading.main_thread():  # the only thread that may handle signals
+        signal.signal(signal.SIGTERM, _interrupt)  # like Ctrl-C rather than a silent death
     try:
         args = parser().parse_args(argv)
         if (handler := getattr(args, "handler", None)) is None:
             raise PluginError(f"command {args.command!r} has no handler (set_defaults(handler=...))")
         return handler(args)
-    except KeyboardInterrupt:
-        print("phasetrain: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
+        print(f"phasetrain: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
     except Exception as exc:
         if debug:
             import traceback
 
             traceback.print_exc()
+        line = (str(exc).strip().splitlines() or [""])[0]  # one line: an error from C++ may carry a backtrace
         if isinstance(exc, BadInput):
-            print(f"phasetrain: error: {exc}", file=sys.stderr)
+            print(f"phasetrain: error: {line}", file=sys.stderr)
         else:
-            text = str(exc) if isinstance(exc, PhasetrainError) else f"{type(exc).__name__}: {exc}"
+            text = line if isinstance(exc, PhasetrainError) else f"{type(exc).__name__}: {line}"
             print(f"phasetrain: training failed: {text}{'' if debug else ' (--debug shows the traceback)'}",
                   file=sys.stderr)
         return exc.exit_code if isinstance(exc, PhasetrainError) else 1

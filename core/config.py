@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import json
 import tomllib
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NewType, get_args, get_origin
 
 import attrs
 import cattrs
@@ -53,7 +54,7 @@ class FieldValueError(ValueError):
 
 def _check(test: Any, describe: str, **allows: Any) -> Any:
     def validator(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value is not None and not test(value):
+        if value is not None and not (test(value) and (not isinstance(value, float) or abs(value) < float("inf"))):
             raise FieldValueError(attribute.name, f"must be {describe}, got {value!r}")
 
     # What the check lets through (``low``/``high``, inclusive unless ``low_open``, or
@@ -79,6 +80,10 @@ def one_of(*choices: Any) -> Any:
     return _check(lambda v: v in choices, "one of " + ", ".join(repr(c) for c in choices), choices=choices)
 
 
+#: The type of a float field that may be infinite (``inf`` in TOML); every other float must be finite.
+FloatOrInf = NewType("FloatOrInf", float)
+
+
 def resumable(**kwargs: Any) -> Any:
     """An ``attrs.field`` that may change when a run resumes (bookkeeping, not training)."""
     return attrs.field(metadata={"resumable": True}, **kwargs)
@@ -90,7 +95,7 @@ def resumable(**kwargs: Any) -> Any:
 
 
 def _device(_instance: Any, attribute: attrs.Attribute, value: str) -> None:
-    if value not in ("auto", "cpu", "cuda") and not value.startswith("cuda:"):
+    if value not in ("auto", "cpu", "cuda") and not (value[:5] == "cuda:" and value[5:].isascii() and value[5:].isdigit()):
         raise FieldValueError(attribute.name, f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
 
 
@@ -99,15 +104,15 @@ class RunConfig:
     """Settings of the run itself; every kind of component has its own section besides."""
 
     steps: int = resumable(default=1000, validator=positive)  # steps in total
-    seed: int = 0  # seeds python, numpy and torch before anything is built
+    seed: int = attrs.field(default=0, validator=in_range(0, 2**63 - 1))  # seeds python, numpy and torch first
     out_dir: str = resumable(default="runs/default")  # checkpoints, metrics and logs go here
     device: str = resumable(default="auto", validator=_device)  # auto: cuda when available
     log_every: int = resumable(default=50, validator=positive)  # cadence of metric records
     eval_every: int = resumable(default=0, validator=non_negative)  # 0: evaluate at the end only
     checkpoint_every: int = resumable(default=0, validator=non_negative)  # 0: at the end only
     keep_checkpoints: int = resumable(default=3, validator=positive)
-    grad_accum_steps: int = attrs.field(default=1, validator=positive)  # micro-batches per step
-    threads: int = resumable(default=0, validator=non_negative)  # torch threads; 0: torch's default
+    grad_accum_steps: int = attrs.field(default=1, validator=in_range(1, 2**16))  # micro-batches per step
+    threads: int = resumable(default=0, validator=in_range(0, 1024))  # torch threads; 0: torch's default
 
 
 #: Keys of earlier versions, with where they went (a config that uses one is told).
@@ -198,13 +203,21 @@ def _type_name(value: Any) -> str:
     return names.get(type(value), f"a {type(value).__name__}")
 
 
-def _strict(expected: type, accepts: tuple[type, ...], label: str) -> Any:
+def _strict(expected: type, accepts: tuple[type, ...], label: str, fits: Any = None) -> Any:
     def structure(value: Any, _type: Any) -> Any:
         if (isinstance(value, bool) and bool not in accepts) or not isinstance(value, accepts):
             raise TypeError(f"expected {label}, got {_type_name(value)} {value!r}")
+        if fits and not fits[0](value):  # a number that no tensor, seed or size can hold
+            raise ValueError(f"must be {fits[1]}, got {value!r}")
         return expected(value)
 
     return structure
+
+
+def _table(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a table, got {_type_name(value)} {value!r}")
+    return value
 
 
 def _noted(exc: Exception, name: str) -> Exception:
@@ -229,9 +242,24 @@ def make_converter(registry: Registry) -> cattrs.Converter:
     """The project-owned converter: strict primitives, unknown keys forbidden, sections typed
     from ``registry``'s kinds and each choice structured into its component's config class."""
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
-    for kind, accepts, label in ((int, (int,), "an integer"), (float, (int, float), "a float"),
+    # Numbers must fit where they go: integers in 64 bits (sizes, seeds, tensors), floats in float32
+    # (they end up in tensors), so no float is infinite or NaN unless its field is a FloatOrInf.
+    fits = {int: (lambda v: -2**63 <= v < 2**63, "between -2**63 and 2**63 - 1 (64 bits)"), FloatOrInf: (lambda v: v == v, "a number"),
+            float: (lambda v: abs(v) <= 3.4e38, "finite and within float32's range (|x| <= 3.4e38)")}
+    for kind, accepts, label in ((int, (int,), "an integer"), (float, (int, float), "a float"), (FloatOrInf, (int, float), "a float"),
                                  (str, (str,), "a string"), (bool, (bool,), "a boolean")):
-        conv.register_structure_hook(kind, _strict(kind, accepts, label))
+        conv.register_structure_hook(kind, _strict(float if kind is FloatOrInf else kind, accepts, label, fits.get(kind)))
+    tables = functools.cache(conv.gen_structure_attrs_fromdict)  # cattrs' message for a non-table is about Python
+    conv.register_structure_hook_func(attrs.has, lambda value, cls: tables(cls)(_table(value), cls))
+
+    def structure_array(value: Any, cls: Any) -> Any:  # a TOML array, not a string's characters; a tuple at its length
+        args, is_tuple = get_args(cls), get_origin(cls) is tuple
+        size = len(args) if is_tuple and Ellipsis not in args else None
+        if not isinstance(value, (list, tuple)) or size not in (None, len(value)):
+            raise TypeError(f"expected an array{f' of {size} values' if size else ''}, got {_type_name(value)} {value!r}")
+        return conv._structure_tuple(value, cls) if is_tuple else list(conv._structure_tuple(value, tuple[(*args, ...)]))
+
+    conv.register_structure_hook_func(lambda t: get_origin(t) in (list, tuple), structure_array)
 
     def structure_choice(data: Any, cls: type[Choice]) -> Choice:
         data = {"use": data} if isinstance(data, str) else data  # shorthand: optimizer = "adam"
@@ -248,9 +276,7 @@ def make_converter(registry: Registry) -> cattrs.Converter:
     conv.register_unstructure_hook_func(is_choice, lambda c: {"use": c.use, **(conv.unstructure(c.options) or {})})
 
     def structure_entry(kind: str, name: str, options: Any) -> Observer:
-        if not isinstance(options, Mapping):
-            raise TypeError(f"expected a table of options, got {_type_name(options)} {options!r}")
-        options = dict(options)
+        options = dict(_table(options))
         if not isinstance(enabled := options.pop("enabled", True), bool):
             raise TypeError(f"'enabled' must be true or false, got {enabled!r}")
         return Observer(conv.structure(options, registry.get(kind, name).config), enabled)
@@ -259,9 +285,7 @@ def make_converter(registry: Registry) -> cattrs.Converter:
         kind = next(k for k in registry.kinds.values() if k.key == key)
         if not kind.many:
             return conv.structure(value, Choice.of(kind.name))
-        if not isinstance(value, Mapping):
-            raise TypeError(f"expected a table of components by name, got {_type_name(value)} {value!r}")
-        return _gathered(value.items(), lambda n, v: structure_entry(kind.name, n, v), "a table", dict)
+        return _gathered(_table(value).items(), lambda n, v: structure_entry(kind.name, n, v), "a table", dict)
 
     def structure_config(data: Mapping[str, Any], _cls: type) -> Config:
         parts = _gathered(data.items(), lambda k, v: conv.structure(v, RunConfig) if k == "run" else structure_section(k, v),
@@ -322,8 +346,9 @@ def _leaves(exc: BaseException, path: str) -> Iterable[tuple[str, str]]:
 
 
 def _origin(path: str, origins: Mapping[str, str], default: str) -> str:
-    """Where the value at ``path`` came from: the ``--set`` that wrote it or under it, or the file."""
-    found = (o for k, o in origins.items() if path == k or path.startswith(k + ".") or k.startswith(path + "."))
+    """Where the value at ``path`` came from: the last ``--set`` that wrote it or under it, or the file."""
+    path = path.split("[")[0]  # an element of an array comes from where the array came from
+    found = (o for k, o in reversed(origins.items()) if path == k or path.startswith(k + ".") or k.startswith(path + "."))
     return next(found, default)
 
 
@@ -357,19 +382,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError("--set", key, "expected a dotted key such as optimizer.lr")
     try:
         return parts, tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return parts, raw  # a bare word such as adam
 
 
 def read_file(path: Path) -> dict[str, Any]:
     """Read a TOML or JSON config file; a syntax error names the file."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+    try:  # not UTF-8 or nested too deeply is not valid either
+        data = json.loads(raw.decode()) if path.suffix == ".json" else tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
         raise ConfigError(str(path), "", f"not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(str(path), "", "expected a table at the top level")
@@ -379,9 +404,9 @@ def read_file(path: Path) -> dict[str, Any]:
 def resolve_source(name_or_path: str, registry: Registry) -> tuple[str, dict[str, Any]]:
     """A preset name or a file path → (label for messages, raw data)."""
     path = Path(name_or_path)
-    if path.suffix in (".toml", ".json") or path.exists():
-        if not path.exists():
-            raise ConfigError(str(path), "", "no such file")
+    if path.suffix in (".toml", ".json") or (path.exists() and not path.is_dir()):  # a directory may share a preset's name
+        if not path.is_file():  # a FIFO or a device would never end
+            raise ConfigError(str(path), "", "not a regular file" if path.exists() else "no such file")
         return str(path), read_file(path)
     presets = registry.presets()
     if name_or_path not in presets:
@@ -404,30 +429,30 @@ def build(data: Mapping[str, Any], *, overrides: Iterable[str] = (), source: str
             raw[key] = {name: {} for name in registry.defaults(kind.name)}
         elif registry.defaults(kind.name):
             raw[key] = {"use": registry.defaults(kind.name)[0]}
-    # A file that chooses another component drops the default's options, keeps its own.
-    single = {k for k, kind in kinds.items() if not kind.many}
-    raw = _deep_merge(raw, {k: v for k, v in data.items() if k not in single})
-    raw.update({key: copy.deepcopy(data[key]) for key in single & data.keys()})
     origins: dict[str, str] = {}
-    for text in overrides:
-        parts, value = parse_override(text)
-        node = raw
-        for depth, part in enumerate(parts[:-1]):
-            if (child := node.get(part)) is not None and not isinstance(child, dict):
-                raise ConfigError(f"--set {text}", ".".join(parts[: depth + 1]), f"is {_type_name(child)} {child!r}, not a table")
-            node = node.setdefault(part, {}) if child is None else child
-        node[parts[-1]] = value
-        origins[".".join(parts)] = f"--set {text}"
-    if unknown := sorted(set(raw) - set(kinds) - {"run"}):
-        raise ConfigError(_origin(unknown[0], origins, source), unknown[0],
-                          f"unknown section (sections: run, {', '.join(sorted(kinds))})")
-    for key, kind in kinds.items():
-        if kind.required and key not in raw:
-            example = (registry.names(kind.name) or ["NAME"])[0]
-            raise ConfigError(source, key, f'is required: choose one, e.g. [{key}] use = "{example}"')
-    try:
+    try:  # a value nested too deeply to copy is refused too (RecursionError)
+        # A file that chooses another component drops the default's options, keeps its own.
+        single = {k for k, kind in kinds.items() if not kind.many}
+        raw = _deep_merge(raw, {k: v for k, v in data.items() if k not in single})
+        raw.update({key: copy.deepcopy(data[key]) for key in single & data.keys()})
+        for text in overrides:
+            parts, value = parse_override(text)
+            node = raw
+            for depth, part in enumerate(parts[:-1]):
+                if (child := node.get(part)) is not None and not isinstance(child, dict):
+                    raise ConfigError(f"--set {text}", ".".join(parts[: depth + 1]), f"is {_type_name(child)} {child!r}, not a table")
+                node = node.setdefault(part, {}) if child is None else child
+            node[parts[-1]] = value
+            origins[".".join(parts)] = f"--set {text}"
+        if unknown := sorted(set(raw) - set(kinds) - {"run"}):
+            raise ConfigError(_origin(unknown[0], origins, source), unknown[0],
+                              f"unknown section (sections: run, {', '.join(sorted(kinds))})")
+        for key, kind in kinds.items():
+            if kind.required and key not in raw:
+                example = (registry.names(kind.name) or ["NAME"])[0]
+                raise ConfigError(source, key, f'is required: choose one, e.g. [{key}] use = "{example}"')
         config = converter_for(registry).structure(raw, Config)
-    except (ClassValidationError, UnknownComponent, TypeError, ValueError, KeyError) as exc:
+    except (ClassValidationError, UnknownComponent, TypeError, ValueError, KeyError, RecursionError) as exc:
         raise _config_error(exc, origins, source) from None
     config.source = source
     return config

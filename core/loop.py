@@ -392,14 +392,18 @@ class Trainer:
     def resume(self, report: Any = print) -> Path:
         """Continue from the latest good checkpoint of ``run.out_dir``.
 
-        A bad checkpoint is reported and the previous good one used. A checkpoint whose config
-        differs in anything but bookkeeping (steps, cadences, output, observers) is refused.
+        A checkpoint that fails to load, or whose state fails to apply (:meth:`load_state_dict` or
+        a plugin's ``restore`` raises), is reported and the previous good one used (the store's
+        ``latest(..., accept=)``). A checkpoint whose config differs in anything but bookkeeping
+        (steps, cadences, output, observers) is refused.
         """
-        path, state, meta = self.store.latest(self.out_dir, report)
-        if differing := config_mod.incompatible_keys(meta["config"], self.config):
-            raise BadInput(f"cannot resume from {path}: the config differs in {', '.join(differing)} "
-                           f"(only {', '.join(config_mod.resumable_keys(self.config))} may change)")
-        self.load_state_dict(state)
+        def apply(path: Path, state: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+            if differing := config_mod.incompatible_keys(meta["config"], self.config):
+                raise BadInput(f"cannot resume from {path}: the config differs in {', '.join(differing)} "
+                               f"(only {', '.join(config_mod.resumable_keys(self.config))} may change)")
+            self.load_state_dict(state)
+
+        path = self.store.latest(self.out_dir, report, accept=apply)[0]
         self.resumed_from, self._saved = path, self.state.step
         return path
 

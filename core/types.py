@@ -242,16 +242,18 @@ class Store(Protocol):
 
     ``save(trainer, state)`` writes ``state`` (the run's ``state_dict()`` after ``save_start``)
     as the checkpoint of ``trainer.step`` and returns where; every process calls it.
-    ``latest(path, report)`` returns ``(checkpoint, state, meta)`` for the checkpoint at
-    ``path``, or the newest good one of the run directory at ``path`` (bad ones are passed to
-    ``report``); it never runs code from a file and raises ``CheckpointError`` if none loads.
-    ``meta["config"]`` is the run's config. A store's factory also accepts ``ctx=None``, to read
-    outside a run.
+    ``latest(path, report, accept=None)`` returns ``(checkpoint, state, meta)`` for the
+    checkpoint at ``path``, or the newest good one of the run directory at ``path``; it never runs
+    code from a file and raises ``CheckpointError`` if none loads. ``accept(checkpoint, state,
+    meta)``, when given, applies a candidate: if it raises ``CheckpointError`` or an exception
+    that is not a ``PhasetrainError`` the candidate does not fit, and the previous one is tried.
+    Bad candidates are passed to ``report``. ``meta["config"]`` is the run's config. A store's
+    factory also accepts ``ctx=None``, to read outside a run.
     """
 
     def save(self, trainer: Any, state: Mapping[str, Any]) -> Any: ...
 
-    def latest(self, path: Any, report: Any = None) -> tuple[Any, dict[str, Any], dict[str, Any]]: ...
+    def latest(self, path: Any, report: Any = None, accept: Any = None) -> tuple[Any, dict[str, Any], dict[str, Any]]: ...
 
 
 def missing(obj: Any, protocol: type) -> list[str]:

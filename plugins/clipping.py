@@ -25,12 +25,12 @@ import attrs
 import torch
 
 from phasetrain import Component, hookimpl
-from phasetrain.config import FieldValueError, positive
+from phasetrain.config import FieldValueError, FloatOrInf, positive
 from phasetrain.plugins.distributed import is_dtensor
 from phasetrain.registry import Kind
 
 
-def _norm_type(_instance: Any, attribute: Any, value: float) -> None:
+def _norm_type(_instance: Any, attribute: Any, value: float) -> None:  # inf is allowed: its type is FloatOrInf
     if not (value >= 1.0 or math.isinf(value)):
         raise FieldValueError(attribute.name, f"must be >= 1 or inf, got {value!r}")
 
@@ -38,7 +38,7 @@ def _norm_type(_instance: Any, attribute: Any, value: float) -> None:
 @attrs.define
 class NormOptions:
     max_norm: float = attrs.field(default=1.0, validator=positive)  # largest total gradient norm allowed
-    norm_type: float = attrs.field(default=2.0, validator=_norm_type)  # p of the p-norm (inf: max abs)
+    norm_type: FloatOrInf = attrs.field(default=2.0, validator=_norm_type)  # p of the p-norm (inf: max abs)
 
 
 @attrs.define

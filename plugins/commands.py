@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import tomllib
@@ -22,35 +23,60 @@ HIDDEN = ("phasetrain_kinds", "phasetrain_components", "phasetrain_presets")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Train. A signal before training starts exits 130/143 with nothing written (the command
+    line's own handling, see ``phasetrain.cli``); once it has started, the run checkpoints and
+    exits 0 (:class:`GracefulStop`)."""
     from phasetrain import config as config_mod
     from phasetrain.loop import Trainer
 
     trainer = Trainer(config_mod.load(args.config, args.overrides))
-    try:
-        # a group that torchrun --max-restarts started again continues from its newest checkpoint
-        from phasetrain.plugins.distributed import resume_on_restart
+    with GracefulStop(trainer, args, started=False) as stop:
+        try:
+            # a group that torchrun --max-restarts started again continues from its newest checkpoint
+            from phasetrain.plugins.distributed import resume_on_restart
 
-        if args.resume or resume_on_restart(trainer):
-            path = trainer.resume(report=lambda msg: print(f"phasetrain: {msg}", file=sys.stderr))
-            if trainer.strategy.main:
-                print(f"phasetrain: resuming from {path}")
-        with GracefulStop(trainer, args):
+            if args.resume or resume_on_restart(trainer):
+                path = trainer.resume(report=lambda msg: print(f"phasetrain: {msg}", file=sys.stderr))
+                if trainer.strategy.main:
+                    print(f"phasetrain: resuming from {path}")
+                if trainer.state.step >= trainer.config.run.steps:  # nothing to train, nothing to rewrite
+                    if trainer.strategy.main:
+                        print(f"phasetrain: the run already finished at step {trainer.state.step} (run.steps = "
+                              f"{trainer.config.run.steps}); to train further, raise run.steps, e.g. "
+                              f"--set run.steps={2 * trainer.config.run.steps}")
+                    return 0
+            stop.started = True
             outcome = trainer.fit()
-    finally:
-        trainer.strategy.close()
+        finally:
+            trainer.strategy.close()
     return 0 if outcome.status in ("completed", "interrupted") else 1
 
 
-class GracefulStop:
-    """SIGINT/SIGTERM: finish the current step, checkpoint, say how to resume, exit 0.
-    A second signal exits at once; checkpoints are atomic, so nothing is corrupted."""
+def command_line(args: argparse.Namespace, *extra: str) -> str:
+    """The command that ran, as it would be typed again (shell-quoted), plus ``extra``: the
+    executable that actually ran, not whatever ``phasetrain`` is on PATH."""
+    script = sys.argv[0] if sys.argv and sys.argv[0] else "phasetrain"
+    name = os.path.basename(script)
+    exe = [sys.executable, "-m", "phasetrain"] if name == "__main__.py" else \
+        [script] if name.startswith("phasetrain") else ["phasetrain"]
+    sets = [word for item in args.overrides for word in ("--set", item)]
+    return shlex.join([*exe, args.command, args.config, *sets, *extra])
 
-    def __init__(self, trainer: Any, args: argparse.Namespace):
-        self.trainer, self.args = trainer, args
+
+class GracefulStop:
+    """SIGINT/SIGTERM once training has started: finish the current step, checkpoint, say how to
+    resume, exit 0. Before it has started (``started`` false) the signal interrupts at once, as
+    the command line does (130/143), since nothing has been written yet. A second signal exits at
+    once; checkpoints are atomic, so nothing is corrupted."""
+
+    def __init__(self, trainer: Any, args: argparse.Namespace, started: bool = True):
+        self.trainer, self.args, self.started = trainer, args, started
         self.previous: dict[int, Any] = {}
         self.signalled = False  # a plugin may stop the run too (early stopping): no resume hint then
 
     def _handle(self, signum: int, _frame: Any) -> None:
+        if not self.started:
+            raise KeyboardInterrupt(signum)  # the command line reports it: exit 128 + signum
         if self.trainer.stop_requested:
             os._exit(128 + signum)
         self.signalled = True
@@ -66,10 +92,9 @@ class GracefulStop:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-        if self.signalled and self.trainer.stop_requested and self.trainer.strategy.main:
-            sets = "".join(f" --set {s}" for s in self.args.overrides)
+        if self.started and self.signalled and self.trainer.stop_requested and self.trainer.strategy.main:
             print(f"phasetrain: stopped at step {self.trainer.state.step}; resume with:\n"
-                  f"  phasetrain run {self.args.config}{sets} --resume", flush=True)
+                  f"  {command_line(self.args, '--resume')}", flush=True)
 
 
 def cmd_config(args: argparse.Namespace) -> int:

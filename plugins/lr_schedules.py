@@ -3,10 +3,17 @@
 Each factory gets ``ctx.optimizer`` and ``ctx.steps`` (the steps the optimizer will take) and
 returns a scheduler that the kernel steps once per optimizer step. ``warmup_steps`` prepends a
 linear warm-up (LinearLR) through SequentialLR.
+
+A resumed run may change ``run.steps``. ``constant``, ``step`` and ``exponential`` do not depend on
+the length of the run and simply go on. ``cosine`` and ``onecycle`` are shaped by it: they keep
+the plan they were made with (it is part of their checkpointed state) and, past its last step,
+hold its final learning rate; a resume that lengthens or shortens the run says so. To decay over
+a new length instead, start a new run.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import attrs
@@ -46,11 +53,56 @@ class OneCycleOptions:
     pct_start: float = attrs.field(default=0.3, validator=probability)
 
 
-def _with_warmup(optimizer: Any, warmup: int, main: Any) -> Any:
+class Planned:
+    """A schedule shaped by the length of the run, made for ``planned_steps`` steps: past them it
+    holds its last learning rate. The plan is in ``state_dict()``, so a resume keeps it."""
+
+    planned_steps: int | None = None  # None while torch's constructor takes its first step
+    _built_for: int = 0  # the steps this run gives it (not saved: a resume may change them)
+    _early = 0  # OneCycleLR reaches its final rate a step before total_steps, then turns back up
+
+    def step(self, *args: Any) -> None:
+        if self.planned_steps is not None and self.last_epoch >= self.planned_steps - self._early:
+            self.last_epoch += 1  # counted as a step; the learning rate stays
+            return
+        super().step(*args)  # type: ignore[misc]
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()  # type: ignore[misc]
+        state.pop("_built_for", None)
+        return state
+
+    @hookimpl
+    def restore(self, trainer: Any) -> None:
+        if self.planned_steps is None or self.planned_steps == self._built_for or not trainer.strategy.main:
+            return
+        lr = ", ".join(f"{g['lr']:.3g}" for g in self.optimizer.param_groups)  # type: ignore[attr-defined]
+        what = f"holds its final learning rate after {self.planned_steps} steps" if self._built_for > self.planned_steps \
+            else f"will not reach its end in the {self._built_for} steps this run now gives it"
+        print(f"phasetrain: note: the learning-rate schedule was planned for {self.planned_steps} steps when the "
+              f"run started and keeps that plan on resume: it {what} (learning rate now {lr}); to plan again "
+              "for the new length, start a new run", file=sys.stderr)
+
+
+def planned(cls: type, **members: Any) -> type:
+    """``cls`` (a torch scheduler) as a :class:`Planned` schedule."""
+    return type(f"Planned{cls.__name__}", (Planned, cls), members)
+
+
+PlannedSequentialLR, PlannedCosineAnnealingLR = planned(sched.SequentialLR), planned(sched.CosineAnnealingLR)
+PlannedOneCycleLR = planned(sched.OneCycleLR, _early=1)
+
+
+def _plan(schedule: Any, steps: int) -> Any:
+    schedule.planned_steps = schedule._built_for = steps
+    return schedule
+
+
+def _with_warmup(optimizer: Any, warmup: int, main: Any, sequential: type = sched.SequentialLR) -> Any:
     if warmup <= 0:
         return main
     ramp = sched.LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
-    return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+    return sequential(optimizer, [ramp, main], milestones=[warmup])
 
 
 def constant(o: ConstantOptions, ctx: Any) -> Any:
@@ -61,8 +113,10 @@ def constant(o: ConstantOptions, ctx: Any) -> Any:
 def cosine(o: CosineOptions, ctx: Any) -> Any:
     span = max(1, ctx.steps - o.warmup_steps)
     base = ctx.optimizer.param_groups[0]["lr"]
+    if o.warmup_steps <= 0:
+        return _plan(PlannedCosineAnnealingLR(ctx.optimizer, T_max=span, eta_min=base * o.min_lr_ratio), span)
     main = sched.CosineAnnealingLR(ctx.optimizer, T_max=span, eta_min=base * o.min_lr_ratio)
-    return _with_warmup(ctx.optimizer, o.warmup_steps, main)
+    return _plan(_with_warmup(ctx.optimizer, o.warmup_steps, main, PlannedSequentialLR), o.warmup_steps + span)
 
 
 def step(o: StepOptions, ctx: Any) -> Any:
@@ -75,16 +129,18 @@ def exponential(o: ExponentialOptions, ctx: Any) -> Any:
 
 
 def onecycle(o: OneCycleOptions, ctx: Any) -> Any:
-    peak = ctx.optimizer.param_groups[0]["lr"] * o.max_lr_factor
-    return sched.OneCycleLR(ctx.optimizer, max_lr=peak, total_steps=max(2, ctx.steps), pct_start=o.pct_start)
+    peak, total = ctx.optimizer.param_groups[0]["lr"] * o.max_lr_factor, max(2, ctx.steps)
+    return _plan(PlannedOneCycleLR(ctx.optimizer, max_lr=peak, total_steps=total, pct_start=o.pct_start), total)
 
 
 @hookimpl
 def phasetrain_components() -> list[Component]:
     return [
         Component("lr_schedule", "constant", constant, ConstantOptions, "constant lr, optional warm-up", default=True),
-        Component("lr_schedule", "cosine", cosine, CosineOptions, "cosine decay to min_lr_ratio, optional warm-up"),
+        Component("lr_schedule", "cosine", cosine, CosineOptions,
+                  "cosine decay to min_lr_ratio over the planned steps, then held; optional warm-up"),
         Component("lr_schedule", "step", step, StepOptions, "multiply by gamma every step_size steps"),
         Component("lr_schedule", "exponential", exponential, ExponentialOptions, "multiply by gamma every step"),
-        Component("lr_schedule", "onecycle", onecycle, OneCycleOptions, "one-cycle policy (OneCycleLR)"),
+        Component("lr_schedule", "onecycle", onecycle, OneCycleOptions,
+                  "one-cycle policy (OneCycleLR) over the planned steps, then held"),
     ]

@@ -14,12 +14,18 @@ resumes), ``wall`` (Unix time) and ``phase``:
 
 A resumed run keeps the records up to the step it resumes from and appends after them, so the
 file reads as if the run had never stopped. Only rank 0 writes under torch.distributed.
+
+``file`` must stay inside the run directory. A file that cannot be written (disk full, read-only)
+fails the run with a one-line error naming it, leaving no temporary file behind; the run's last
+checkpoint is kept. Temporary files of a crashed run are removed when the next run starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -28,9 +34,9 @@ from typing import IO, Any
 import attrs
 
 from phasetrain import Component, hookimpl
-from phasetrain.config import FieldValueError, non_negative
-from phasetrain.errors import BadInput
-from phasetrain.plugins.observing import RunClock, as_number, finite_or_none, is_writer, numeric_fields
+from phasetrain.config import non_negative
+from phasetrain.errors import BadInput, TrainingFailed
+from phasetrain.plugins.observing import RunClock, as_number, finite_or_none, inside_run_dir, is_writer, numeric_fields
 
 FILE = "metrics.jsonl"
 #: Fields every record has; metric fields of the same name are not copied over them.
@@ -39,17 +45,12 @@ RESERVED = ("kind", "step", "time", "wall", "phase")
 STATE_KEY = "metrics_jsonl"
 
 
-def _relative_file(_instance: Any, attribute: attrs.Attribute, value: str) -> None:
-    if not value.strip():
-        raise FieldValueError(attribute.name, "must name a file, got an empty string")
-
-
 @attrs.define
 class JsonlOptions:
     """Where and how often the metrics file is written."""
 
     every: int = attrs.field(default=0, validator=non_negative)  # train records every N steps; 0: run.log_every
-    file: str = attrs.field(default=FILE, validator=_relative_file)  # relative to run.out_dir
+    file: str = attrs.field(default=FILE, validator=inside_run_dir)  # relative to run.out_dir
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
@@ -88,12 +89,21 @@ def encode(record: Mapping[str, Any]) -> str:
 def _write_all(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
     """Replace ``path`` with ``records`` atomically, so a crash keeps the old file whole."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(encode(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(encode(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise _cannot_write(path, exc) from None
+
+
+def _cannot_write(path: Path, exc: OSError) -> TrainingFailed:
+    return TrainingFailed(f"{path}: cannot write the metrics file ({exc.strerror or exc})")
 
 
 class JsonlMetrics:
@@ -120,7 +130,8 @@ class JsonlMetrics:
         if self._file is not None:
             # Rolled back to a checkpoint during the run: the steps after it will be run again,
             # so their records go; the clock runs on (the lost time is real time).
-            self._file.close()
+            with contextlib.suppress(OSError):
+                self._file.close()
             self._file = self._open(trainer.state.step)
             return
         saved = state.get(STATE_KEY)
@@ -133,7 +144,14 @@ class JsonlMetrics:
     def train_start(self, trainer: Any) -> None:
         if not is_writer():
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not self.path.is_file():  # a FIFO would block reading and writing
+            raise BadInput(f"{self.path}: not a regular file; cannot be the metrics file")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):  # left by a crashed run
+                stale.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _cannot_write(self.path, exc) from None
         self._file = self._open(trainer.state.step, start_clock=True)
 
     def _open(self, step: int, start_clock: bool = False) -> IO[str]:
@@ -150,7 +168,10 @@ class JsonlMetrics:
         self._last_train = max((_step_of(r) for r in kept if r.get("kind") == "train"), default=-1)
         phases = [r.get("phase") for r in kept if r.get("kind") == "phase"]
         self._last_phase = phases[-1] if phases else None
-        return open(self.path, "a", encoding="utf-8")
+        try:
+            return open(self.path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise _cannot_write(self.path, exc) from None
 
     @hookimpl
     def phase_enter(self, trainer: Any, phase: Any, previous: Any) -> None:
@@ -200,16 +221,23 @@ class JsonlMetrics:
             if outcome.error:
                 end["error"] = outcome.error
             self._write("end", outcome.steps, trainer.state.phase, end)
+        except TrainingFailed as exc:  # train_end must not hide how the run ended
+            if outcome.status != "failed":
+                print(f"phasetrain: warning: {exc}; the last records are missing", file=sys.stderr)
         finally:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            with contextlib.suppress(OSError):
+                file.close()
 
     def _write(self, kind: str, step: int, phase: str, fields: Mapping[str, Any]) -> None:
         assert self._file is not None
         record = {"kind": kind, "step": step, "time": round(self.clock.now(), 6),
                   "wall": round(time.time(), 6), "phase": phase, **fields}
-        self._file.write(encode(record) + "\n")
-        self._file.flush()  # a crash loses at most the record being written
+        try:
+            self._file.write(encode(record) + "\n")
+            self._file.flush()  # a crash loses at most the record being written
+        except OSError as exc:
+            raise _cannot_write(self.path, exc) from None
 
 
 def _step_of(record: Mapping[str, Any]) -> int:

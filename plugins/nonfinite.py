@@ -14,10 +14,14 @@ policy that ``handles_overflow`` (fp16 loss scaling). A bad step is skipped
 - ``stop``: after ``patience`` consecutive bad steps, stop with exit code 1, keeping the last good
   checkpoint.
 - ``off``: no check at all (a non-finite update is applied): saves the check's cost on tiny steps.
+
+Whatever the component, a run whose last step's loss is not finite fails (exit code 1) instead of
+reporting "completed": it diverged, and its last good checkpoint is kept rather than overwritten.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -166,6 +170,18 @@ class Rollback(Skip):
             scheduler = trainer.lr_schedulers.get(key)
             if scheduler is not None and hasattr(scheduler, "base_lrs"):
                 scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+
+
+@hookimpl(trylast=True)
+def post_step(trainer: Any, step: int, metrics: Any) -> None:
+    """A run whose last step's loss is not finite diverged: it must not end "completed"."""
+    loss = metrics.get("loss") if isinstance(metrics, dict) else None
+    if step + 1 != trainer.config.run.steps or loss is None:
+        return
+    value = float(loss.detach().float()) if isinstance(loss, torch.Tensor) and loss.numel() == 1 else loss
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TrainingFailed(f"the loss of the last step ({step + 1}) is {value}: the run diverged (lower the "
+                             "learning rate, or see [nonfinite]); its final weights are not saved")
 
 
 @hookimpl

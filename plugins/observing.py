@@ -1,4 +1,5 @@
-"""Helpers shared by the observers that write files: which process writes, and metrics as numbers.
+"""Helpers shared by the observers that write files: which process writes, where (a path inside
+the run directory), and metrics as numbers.
 
 Under ``torchrun`` every rank runs the same hooks; only rank 0 writes logs, so that one run gives
 one metrics file and one TensorBoard run. Metrics arrive as mappings whose values may be 0-dim
@@ -8,17 +9,30 @@ tensors, Python numbers or anything else a plugin added; files want plain finite
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import torch
+
+from phasetrain.config import FieldValueError
 
 
 def is_writer() -> bool:
     """True unless torch.distributed is initialised and this process is not rank 0."""
     dist = torch.distributed
     return not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
+
+
+def inside_run_dir(_instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    """Validator of an observer's file or directory option: a relative path that stays inside
+    ``run.out_dir`` (not absolute, no ``..`` out of it), so that a run writes only its own files."""
+    if not value.strip() or "\0" in value:
+        raise FieldValueError(attribute.name, f"must name a path, got {value!r}")
+    if os.path.isabs(value) or os.path.normpath(value).split(os.sep)[0] == os.pardir:
+        raise FieldValueError(attribute.name, f"must be a path inside the run directory, got {value!r}")
 
 
 def as_number(value: Any) -> float | int | bool | None:

@@ -29,7 +29,7 @@ import attrs
 from phasetrain import Component, hookimpl
 from phasetrain.config import non_negative
 from phasetrain.errors import TrainingFailed
-from phasetrain.plugins.observing import is_writer, numeric_fields
+from phasetrain.plugins.observing import inside_run_dir, is_writer, numeric_fields
 
 STATE_KEY = "tensorboard"
 
@@ -41,7 +41,7 @@ class TensorBoardOptions:
     every: int = attrs.field(default=0, validator=non_negative)  # scalars every N steps; 0: run.log_every
     image_every: int = attrs.field(default=1, validator=non_negative)  # task images every N evaluations; 0: never
     hparams: bool = True  # the config and final metrics for TensorBoard's HParams tab
-    log_dir: str = "tensorboard"  # relative to run.out_dir
+    log_dir: str = attrs.field(default="tensorboard", validator=inside_run_dir)  # relative to run.out_dir
 
 
 @runtime_checkable

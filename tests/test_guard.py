@@ -115,3 +115,18 @@ def test_rollback_gives_up_when_lower_learning_rates_do_not_help(quiet):
                           bad=(4, 5))
     with pytest.raises(TrainingFailed, match="after 3 rollbacks to step-00000004"):
         trainer.fit()
+
+
+@pytest.mark.parametrize("policy", ["skip", "rollback", "stop", "off"])
+def test_a_run_whose_last_loss_is_not_finite_fails_instead_of_completing(quiet, policy):
+    trainer = trainer_for(quiet, f"nonfinite.use='{policy}'", "run.checkpoint_every=4", bad=(7,), max_lr=0.0)
+    with pytest.raises(TrainingFailed, match=r"the loss of the last step \(8\) is nan: the run diverged"):
+        trainer.fit()
+    assert trainer.outcome.status == "failed"
+    names = sorted(p.name for p in (trainer.out_dir / "checkpoints").iterdir())
+    assert names == ["step-00000004"]  # the diverged end is not saved over the last good one
+
+
+def test_a_bad_step_before_the_last_does_not_fail_the_run(quiet):
+    trainer = trainer_for(quiet, bad=(6,))
+    assert trainer.fit().status == "completed"

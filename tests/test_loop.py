@@ -97,7 +97,7 @@ def test_lr_schedule_from_torch_is_applied(quiet):
     )
     trainer.fit()
     assert abs(trainer.optimizer.param_groups[0]["lr"] - 0.001) < 1e-9
-    assert type(trainer.lr_scheduler).__name__ == "CosineAnnealingLR"
+    assert isinstance(trainer.lr_scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
 
 
 def test_chosen_components_hear_the_hooks_they_implement(quiet):

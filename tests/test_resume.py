@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import phasetrain
 from phasetrain import hookimpl
 from phasetrain.errors import BadInput, CheckpointError
+from phasetrain.plugins.store import meta_checksum
 
 
 class StopAt:
@@ -60,6 +61,7 @@ def test_resume_equals_uninterrupted(case, stop, tmp_path_factory):
     resumed = interrupted_then_resumed(preset, [*common, f"run.out_dir='{base / 'b'}'"], stop)
     for (name, a), b in zip(final_state(whole).items(), final_state(resumed).values(), strict=True):
         assert torch.equal(a, b), f"{name} differs after resuming at step {stop}"
+    assert resumed.state.phase_step == whole.state.phase_step  # counted on across the resume
     if case == "ema-and-clipping":  # the average, and the weights the run trained (not the average)
         for a, b in zip(whole.component("averaging").average, resumed.component("averaging").average, strict=True):
             assert torch.equal(a, b), f"the average differs after resuming at step {stop}"
@@ -141,7 +143,8 @@ def test_a_malicious_pickle_is_refused_and_never_runs(quiet, tmp_path):
         zf.writestr("archive/version", "3\n")
     (ckpt / "state.pt").write_bytes(buf.getvalue())
     meta = json.loads((ckpt / "meta.json").read_text())
-    meta["sha256"]["state.pt"] = hashlib.sha256(buf.getvalue()).hexdigest()  # checksum forged too
+    meta["sha256"]["state.pt"] = hashlib.sha256(buf.getvalue()).hexdigest()  # checksums forged too
+    meta["meta_sha256"] = meta_checksum(meta)
     (ckpt / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="refused to load"):
         phasetrain.load_checkpoint(ckpt)
@@ -165,3 +168,56 @@ def test_load_model_returns_the_trained_module_in_eval_mode(quiet):
     assert not model.training
     x = torch.randn(3, 8)
     assert torch.equal(model(x), trainer.model.eval()(x))
+
+
+
+class LearningRates:
+    """The learning rate each step uses."""
+
+    def __init__(self):
+        self.lr = {}
+
+    @hookimpl
+    def pre_step(self, trainer, step):
+        self.lr[step] = trainer.optimizer.param_groups[0]["lr"]
+
+
+def planned_rates(overrides, steps):
+    """The learning rates a schedule built for ``steps`` steps gives steps 0..steps (the last:
+    where its plan ends), without training."""
+    trainer = phasetrain.Trainer.from_config("regression", [*overrides, f"run.steps={steps}"])
+    rates = []
+    for _ in range(steps + 1):
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    return rates
+
+
+SCHEDULES = {  # name -> (config, whether its shape depends on the length of the run)
+    "constant": ("{use='constant'}", False),
+    "cosine": ("{use='cosine'}", True),
+    "cosine-warmup": ("{use='cosine', warmup_steps=3}", True),
+    "step": ("{use='step', step_size=4, gamma=0.5}", False),
+    "exponential": ("{use='exponential', gamma=0.9}", False),
+    "onecycle": ("{use='onecycle'}", True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_resuming_with_more_steps_continues_every_schedule_as_documented(quiet, capsys, name):
+    schedule, shaped = SCHEDULES[name]
+    overrides = [*quiet, f"lr_schedule={schedule}"]
+    phasetrain.Trainer.from_config("regression", [*overrides, "run.steps=10"]).fit()
+    capsys.readouterr()
+    seen = LearningRates()
+    longer = phasetrain.Trainer.from_config("regression", [*overrides, "run.steps=20"], plugins=[seen])
+    longer.resume(report=pytest.fail)
+    assert longer.fit().status == "completed" and longer.step == 20
+    noted = "was planned for 10 steps when the run started" in capsys.readouterr().err
+    assert noted == shaped
+    if shaped:  # it keeps the plan it was made with, then holds where that plan ends
+        end = planned_rates(overrides, 10)[10]
+        assert [seen.lr[s] for s in range(10, 20)] == [end] * 10
+    else:  # the length of the run does not shape it: as if it had been planned for 20 steps
+        assert [seen.lr[s] for s in range(10, 20)] == pytest.approx(planned_rates(overrides, 20)[10:20])

@@ -16,19 +16,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from phasetrain.config import non_negative, positive, probability
+from phasetrain.config import in_range, non_negative, probability
 from phasetrain.plugins.tasks import corpus
 
 
 @attrs.define
 class LMOptions:
-    n_layer: int = attrs.field(default=2, validator=positive)
-    n_head: int = attrs.field(default=4, validator=positive)
-    n_embd: int = attrs.field(default=128, validator=positive)
-    block_size: int = attrs.field(default=64, validator=positive)  # context length
+    """Sizes have upper bounds far above what the task is for, so that a typo fails at start-up."""
+
+    n_layer: int = attrs.field(default=2, validator=in_range(1, 1024))
+    n_head: int = attrs.field(default=4, validator=in_range(1, 1024))
+    n_embd: int = attrs.field(default=128, validator=in_range(1, 2**16))
+    block_size: int = attrs.field(default=64, validator=in_range(1, 2**20))  # context length
     dropout: float = attrs.field(default=0.0, validator=probability)
-    batch_size: int = attrs.field(default=32, validator=positive)
-    eval_batches: int = attrs.field(default=8, validator=positive)
+    batch_size: int = attrs.field(default=32, validator=in_range(1, 2**20))
+    eval_batches: int = attrs.field(default=8, validator=in_range(1, 2**20))
     corpus_chars: int = attrs.field(default=0, validator=non_negative)  # 0: the whole corpus
     checkpoint_activations: list[int] = attrs.field(factory=list)  # block indices to recompute
 

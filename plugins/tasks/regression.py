@@ -14,20 +14,22 @@ import attrs
 import torch
 from torch import nn
 
-from phasetrain.config import non_negative, one_of, positive
+from phasetrain.config import in_range, non_negative, one_of
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
 @attrs.define
 class RegressionOptions:
-    in_dim: int = attrs.field(default=8, validator=positive)
-    hidden: int = attrs.field(default=64, validator=positive)
-    depth: int = attrs.field(default=2, validator=positive)  # hidden layers
+    """Sizes have upper bounds far above what the task is for, so that a typo fails at start-up."""
+
+    in_dim: int = attrs.field(default=8, validator=in_range(1, 2**16))
+    hidden: int = attrs.field(default=64, validator=in_range(1, 2**16))
+    depth: int = attrs.field(default=2, validator=in_range(1, 1024))  # hidden layers
     activation: str = attrs.field(default="tanh", validator=one_of(*ACTIVATIONS))
-    n_train: int = attrs.field(default=4096, validator=positive)
-    n_eval: int = attrs.field(default=1024, validator=positive)
-    batch_size: int = attrs.field(default=64, validator=non_negative)  # 0: full batch
+    n_train: int = attrs.field(default=4096, validator=in_range(1, 2**27))
+    n_eval: int = attrs.field(default=1024, validator=in_range(1, 2**27))
+    batch_size: int = attrs.field(default=64, validator=in_range(0, 2**27))  # 0: full batch
     noise: float = attrs.field(default=0.01, validator=non_negative)
 
 
