@@ -56,7 +56,7 @@ import torch.distributed as dist
 from phasetrain import Component, NoOptions, hookimpl
 from phasetrain.errors import CheckpointError, TrainingFailed
 from phasetrain.plugins.distributed import ShardsState, is_dtensor
-from phasetrain.plugins.store import META_FILE, STATE_FILE, checkpoint_dir, list_checkpoints, name_for, versions
+from phasetrain.plugins.store import META_FILE, STATE_FILE, accepted, checkpoint_dir, list_checkpoints, name_for, versions
 from phasetrain.state import rng_state
 
 FORMAT = "phasetrain-sharded/1"
@@ -275,11 +275,13 @@ class ShardedStore:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def latest(self, path: str | Path, report: Any = None) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-        """The checkpoint at ``path`` if it is one, else the newest good one of the run at ``path``."""
+    def latest(self, path: str | Path, report: Any = None, accept: Any = None
+               ) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+        """The checkpoint at ``path`` if it is one, else the newest good one of the run at ``path``
+        that ``accept`` (the run applying it) takes."""
         path = Path(path)
         if (path / META_FILE).exists():
-            return (path, *self.load(path, report))
+            return (path, *accepted(path, *self.load(path, report), accept))
         root = checkpoint_dir(path)
         found = list_checkpoints(root)
         if not found:
@@ -287,7 +289,7 @@ class ShardedStore:
         problems = []
         for checkpoint in reversed(found):
             try:
-                return (checkpoint, *self.load(checkpoint, report))
+                return (checkpoint, *accepted(checkpoint, *self.load(checkpoint, report), accept))
             except CheckpointError as exc:
                 problems.append(str(exc))
                 if report is not None:

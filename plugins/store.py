@@ -422,6 +422,14 @@ def latest_good(out_dir: Path, report: Any = None, accept: Accept | None = None
 
 def _loaded(path: Path, inside: Path, accept: Accept | None) -> tuple[dict[str, Any], dict[str, Any]]:
     state, meta = load_dir(path, inside)
+    return accepted(path, state, meta, accept)
+
+
+def accepted(path: Path, state: dict[str, Any], meta: dict[str, Any], accept: Accept | None
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(state, meta)`` once ``accept`` (the run applying it) took it; a state that does not
+    apply is a :class:`CheckpointError` naming the checkpoint, so the caller tries an older one.
+    Any store's ``latest`` uses this for its ``accept`` argument."""
     if accept is not None:
         try:
             accept(path, state, meta)

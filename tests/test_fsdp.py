@@ -240,7 +240,7 @@ def test_non_finite_weights_are_never_written(tmp_path):
                 with torch.no_grad():
                     trainer.trainable[0].mul_(float("nan"))
 
-    with pytest.raises(TrainingFailed, match="non-finite weights"):
+    with pytest.raises(TrainingFailed, match="non-finite weights|the run diverged"):
         trained(tmp_path / "n", *SHARDED, "nonfinite='off'", plugins=[Poison()])
     assert [p.name for p in (tmp_path / "n" / "checkpoints").iterdir()] == ["step-00000010"]
 
