@@ -30,16 +30,19 @@ def default_store(registry: Any = None) -> Any:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint as plain containers of tensors and numbers.
 
-    ``path`` is a run directory (its latest good checkpoint is used) or a checkpoint directory.
-    The result has at least ``"model"`` (a state dict), ``"optimizers"``, ``"trainer"`` and
-    ``"meta"`` (step, config, versions).
+    ``path`` is a run directory (its latest good checkpoint is used), a directory of runs with a
+    ``latest`` pointer (``runs/regression``: the latest run's) or a checkpoint directory. The
+    result has at least ``"model"`` (a state dict), ``"optimizers"``, ``"trainer"`` and ``"meta"``
+    (step, config, versions).
     """
-    _path, state, meta = default_store().latest(Path(path))
+    path = Path(path) / "latest" if (Path(path) / "latest").is_dir() else Path(path)
+    _path, state, meta = default_store().latest(path)
     return {**state, "meta": meta}
 
 
 def load_model(run_dir: str | Path) -> torch.nn.Module:
-    """The trained model of a run, rebuilt from its config and weights, in eval mode."""
+    """The trained model of a run (as :func:`load_checkpoint` finds it), rebuilt from its config
+    and weights, in eval mode."""
     from phasetrain import config as config_mod
     from phasetrain.loop import Trainer
     from phasetrain.types import ExportsModel
@@ -50,7 +53,7 @@ def load_model(run_dir: str | Path) -> torch.nn.Module:
     for key, value in cfg.sections.items():  # no logs, no files: only the model is wanted
         if isinstance(value, dict):
             cfg.sections[key] = {name: attrs.evolve(o, enabled=False) for name, o in value.items()}
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, run_dir=run_dir)  # only reads: no run directory is claimed
     trainer.model.load_state_dict(state["model"])
     task = trainer.task
     return (task.export_model(trainer.model) if isinstance(task, ExportsModel) else trainer.model).eval()

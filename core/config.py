@@ -100,7 +100,7 @@ class RunConfig:
 
     steps: int = resumable(default=1000, validator=positive)  # steps in total
     seed: int = 0  # seeds python, numpy and torch before anything is built
-    out_dir: str = resumable(default="runs/default")  # checkpoints, metrics and logs go here
+    out_dir: str = resumable(default="runs/default/{version}")  # the run's files; {version}: a new version_N per run
     device: str = resumable(default="auto", validator=_device)  # auto: cuda when available
     log_every: int = resumable(default=50, validator=positive)  # cadence of metric records
     eval_every: int = resumable(default=0, validator=non_negative)  # 0: evaluate at the end only

@@ -39,10 +39,11 @@ class BuildContext:
 
     def __init__(self, trainer: Trainer, params: Any = None, optimizer: Any = None, steps: int | None = None,
                  **extra: Any):
-        self.trainer, self.config, self.seed, self.out_dir = trainer, trainer.config, trainer.config.run.seed, trainer.out_dir
+        self.trainer, self.config, self.seed = trainer, trainer.config, trainer.config.run.seed
         self.params, self.optimizer, self.extra = params, optimizer, extra
         self.steps: int = trainer.config.run.steps if steps is None else steps
 
+    out_dir = property(lambda self: self.trainer.out_dir, doc="the run's directory (see the run_dir hook)")
     device = property(lambda self: self.trainer.device, doc="the run's torch.device")
     strategy = property(lambda self: self.trainer.strategy, doc="the run's strategy")
 
@@ -63,7 +64,8 @@ class Trainer:
     or with :meth:`component`.
     """
 
-    def __init__(self, config: Config, *, registry: Registry | None = None, plugins: Iterable[Any] = ()):
+    def __init__(self, config: Config, *, registry: Registry | None = None, plugins: Iterable[Any] = (),
+                 resume: bool | str = False, run_dir: str | Path | None = None):
         self.config, self.out_dir = config, Path(config.run.out_dir)
         self.registry = registry or config.registry or load_registry()
         self.pm = self.registry.plugin_manager()
@@ -80,6 +82,8 @@ class Trainer:
         self._stop, self._save_now, self._rollback, self._saved, self._evaluated = False, False, None, -1, -1
         self.skip_requested = False
         self.strategy = self.component("strategy") or SingleProcess()
+        chosen = run_dir if run_dir is not None else self.pm.hook.run_dir(trainer=self, config=config, resume=resume)
+        self.out_dir = Path(chosen if chosen is not None else config.run.out_dir)
         self.device = self.strategy.device(config.run.device)
         seed = config.run.seed + self.strategy.rank  # every generator, before anything is built
         random.seed(seed), np.random.seed(seed % 2**32), torch.manual_seed(seed)
@@ -96,19 +100,21 @@ class Trainer:
 
     @classmethod
     def from_config(cls, source: Config | Mapping[str, Any] | str | Path, overrides: Iterable[str] = (), *,
-                    plugins: Iterable[PluginInfo | Any] = ()) -> Trainer:
+                    plugins: Iterable[PluginInfo | Any] = (), **kwargs: Any) -> Trainer:
         """A Trainer from a :class:`Config`, a raw mapping, a preset name or a TOML/JSON path.
 
         ``plugins`` are extra plugin objects for this run (hook recorders, or components that
         are not installed: wrap those in :func:`phasetrain.registry.plugin` so that their
-        ``phasetrain_kinds`` and ``phasetrain_components`` are registered too).
+        ``phasetrain_kinds`` and ``phasetrain_components`` are registered too). ``resume`` (True
+        for the latest run, or a run's name or path) and ``run_dir`` go to the constructor: see
+        the ``run_dir`` hook.
         """
         plugins = list(plugins)
         registry = load_registry([p for p in plugins if isinstance(p, PluginInfo)])
         label, data = ((source.source, source.to_dict()) if isinstance(source, Config) else ("<dict>", source)
                        if isinstance(source, Mapping) else config_mod.resolve_source(str(source), registry))
         config = config_mod.build(data, overrides=overrides, source=label, registry=registry)
-        return cls(config, registry=registry, plugins=[p for p in plugins if not isinstance(p, PluginInfo)])
+        return cls(config, registry=registry, plugins=[p for p in plugins if not isinstance(p, PluginInfo)], **kwargs)
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -374,7 +380,7 @@ class Trainer:
         self.pm.hook.restore(trainer=self, state=state["plugins"])
 
     def resume(self, report: Any = print) -> Path:
-        """Continue from the latest good checkpoint of ``run.out_dir``.
+        """Continue from the latest good checkpoint of the run's directory (``trainer.out_dir``).
 
         A bad checkpoint is reported and the previous good one used. A checkpoint whose config
         differs in anything but bookkeeping (steps, cadences, output, observers) is refused.

@@ -25,7 +25,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from phasetrain import config as config_mod
     from phasetrain.loop import Trainer
 
-    trainer = Trainer(config_mod.load(args.config, args.overrides))
+    trainer = Trainer(config_mod.load(args.config, args.overrides), resume=args.resume)
     try:
         if args.resume:
             path = trainer.resume(report=lambda msg: print(f"phasetrain: {msg}", file=sys.stderr))
@@ -142,7 +142,9 @@ def phasetrain_add_commands(subparsers: Any) -> None:
     run.add_argument("config", metavar="PRESET_OR_FILE")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, parsed as TOML (repeatable)")
-    run.add_argument("--resume", action="store_true", help="continue from the latest good checkpoint")
+    run.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
+                     help="continue the latest run of this config, or the run named (version_3, or a path), "
+                          "from its latest good checkpoint")
     run.set_defaults(handler=cmd_run)
     cfg = subparsers.add_parser("config", help="print the fully resolved config as TOML")
     cfg.add_argument("config", metavar="PRESET_OR_FILE")
