@@ -498,14 +498,14 @@ def test_clipping_options_are_checked(quiet):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_the_kernel_is_at_most_1300_lines_of_code():
+def test_the_kernel_is_at_most_1315_lines_of_code():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         from kernel_size import count
     finally:
         sys.path.pop(0)
     total = sum(count(path) for path in (ROOT / "core").glob("*.py"))
-    assert total <= 1300, f"core/ holds {total} lines of code"
+    assert total <= 1315, f"core/ holds {total} lines of code"  # 1,300 + 15 for run directories (issue 15)
 
 
 def test_the_counter_skips_docstrings_comments_and_blank_lines(tmp_path):

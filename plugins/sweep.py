@@ -1,0 +1,436 @@
+"""``phasetrain sweep CONFIG``: hyperparameter search with Optuna, each trial a normal run.
+
+::
+
+    phasetrain sweep regression --param 'optimizer.lr=loguniform(1e-4, 1e-1)' --trials 20 --jobs 2
+    phasetrain sweep regression --space space.toml          # the same, from a file
+
+The search space is a set of ``key=distribution`` pairs (``uniform(a, b)``, ``loguniform(a, b)``,
+``int(a, b)``, ``logint(a, b)``, ``choice(x, y, ...)``; values are read as TOML), from
+``--param`` or the ``[params]`` table of a ``--space`` TOML file, which may also hold the other
+settings (``trials``, ``jobs``, ``metric``, ``direction``, ``pruner``, ``sampler``, ``seed``).
+
+The study lives in SQLite (``<dir>/study.db``) beside the trials' run directories
+(``<dir>/trial_N``), so running the same command again continues the sweep: finished trials are
+kept, trials a killed sweep left running are run again with the same parameters. Each trial is a
+``phasetrain run`` process (``--jobs N`` runs N at once); its ``[observers.optuna]`` reports the
+trial's evaluation metric to the study after every evaluation and stops the run when the pruner
+(``median`` or ``hyperband``) says so. At the end: a table of the trials, and the best trial's
+config in ``<dir>/best.toml`` (``phasetrain run <dir>/best.toml`` trains it).
+
+Optuna is an optional dependency: ``pip install 'phasetrain[sweep]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from phasetrain import Component, hookimpl
+from phasetrain.config import non_negative, one_of, positive
+from phasetrain.errors import BadInput, ConfigError
+
+STUDY = "study.db"
+SPEC = "sweep.json"
+BEST = "best.toml"
+STUDY_NAME = "phasetrain"
+_DIST = re.compile(r"^\s*(uniform|loguniform|int|logint|choice)\s*\((.*)\)\s*$", re.S)
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise BadInput("phasetrain sweep needs Optuna: pip install 'phasetrain[sweep]' (or: pip install optuna)") from None
+    return optuna
+
+
+# ---------------------------------------------------------------------------------------------
+# The search space
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_distribution(key: str, text: str, source: str = "--param") -> Any:
+    """``"loguniform(1e-4, 1e-1)"`` → an Optuna distribution; a clear error naming ``key``."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    found = _DIST.match(text) if isinstance(text, str) else None
+    if not found:
+        raise ConfigError(source, key, f"expected uniform(a, b), loguniform(a, b), int(a, b), logint(a, b) or "
+                                       f"choice(x, y, ...), got {text!r}")
+    name, inner = found.groups()
+    try:
+        args = tomllib.loads(f"v = [{inner}]")["v"]
+    except tomllib.TOMLDecodeError:
+        raise ConfigError(source, key, f"{name}(...): the arguments must be TOML values, got {inner!r}") from None
+    if name == "choice":
+        if not args:
+            raise ConfigError(source, key, "choice() needs at least one value")
+        return CategoricalDistribution([json.dumps(a) if isinstance(a, (list, dict)) else a for a in args])
+    numbers = len(args) == 2 and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+    if not numbers or not args[0] < args[1]:
+        raise ConfigError(source, key, f"{name}(low, high) needs two numbers with low < high, got {inner!r}")
+    log = name.startswith("log")
+    if log and args[0] <= 0:
+        raise ConfigError(source, key, f"{name}(low, high) needs low > 0, got {args[0]!r}")
+    if name in ("int", "logint"):
+        if not all(isinstance(a, int) for a in args):
+            raise ConfigError(source, key, f"{name}(low, high) needs integers, got {inner!r}")
+        return IntDistribution(args[0], args[1], log=log)
+    return FloatDistribution(float(args[0]), float(args[1]), log=log)
+
+
+def as_override(key: str, value: Any) -> str:
+    """A sampled value as ``--set key=value`` (TOML)."""
+    import tomli_w
+
+    return f"{key}={tomli_w.dumps({'v': value}).split('=', 1)[1].strip()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------
+
+
+@attrs.define
+class SweepSettings:
+    """What a ``--space`` file may hold besides ``[params]`` (command-line options win)."""
+
+    trials: int = attrs.field(default=20, validator=positive)  # trials in all, counting finished ones
+    jobs: int = attrs.field(default=1, validator=positive)  # trials run at once, each in its own process
+    metric: str = "eval_loss"  # the evaluation metric the study optimises
+    direction: str = attrs.field(default="minimize", validator=one_of("minimize", "maximize"))
+    pruner: str = attrs.field(default="median", validator=one_of("median", "hyperband", "none"))
+    sampler: str = attrs.field(default="tpe", validator=one_of("tpe", "random"))
+    seed: int = attrs.field(default=0, validator=non_negative)  # of the sampler
+
+
+def read_space(path: str | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """A ``--space`` file → (settings, params)."""
+    if path is None:
+        return {}, {}
+    from phasetrain.config import read_file
+
+    data = read_file(Path(path))
+    params = data.pop("params", {})
+    if not isinstance(params, Mapping):
+        raise ConfigError(path, "params", "expected a table of key = \"distribution(...)\"")
+    known = {f.name for f in attrs.fields(SweepSettings)}
+    if unknown := sorted(set(data) - known):
+        raise ConfigError(path, unknown[0], f"unknown key (allowed: params, {', '.join(sorted(known))})")
+    return data, dict(params)
+
+
+def settings_from(args: argparse.Namespace, file_settings: Mapping[str, Any], source: str) -> SweepSettings:
+    merged = {**file_settings, **{k: v for k in map(lambda f: f.name, attrs.fields(SweepSettings))
+                                  if (v := getattr(args, k, None)) is not None}}
+    try:
+        return SweepSettings(**merged)
+    except (ValueError, TypeError) as exc:
+        field = getattr(exc, "field", "")
+        raise ConfigError(source, field, str(exc)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The trials' own observer: reports evaluations to the study and stops pruned runs
+# ---------------------------------------------------------------------------------------------
+
+
+@attrs.define
+class OptunaOptions:
+    storage: str = ""  # the study's storage URL (set by phasetrain sweep)
+    trial: int = attrs.field(default=-1)  # the trial's id in the storage
+    metric: str = "eval_loss"  # the evaluation metric reported after every evaluation
+
+
+class TrialReporter:
+    """The ``optuna`` observer of a sweep's trial (``phasetrain sweep`` configures it)."""
+
+    def __init__(self, options: OptunaOptions, ctx: Any):
+        if not options.storage or options.trial < 0:
+            raise ConfigError(ctx.config.source, "observers.optuna", "is set by phasetrain sweep for its trials; "
+                                                                      "it needs storage and trial")
+        optuna = _optuna()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.options = options
+        study = optuna.load_study(study_name=STUDY_NAME, storage=options.storage)
+        self.trial = optuna.trial.Trial(study, options.trial)
+        self.last: float | None = None
+
+    @hookimpl(trylast=True)
+    def eval_end(self, trainer: Any, step: int, metrics: Any) -> None:
+        value = metrics.get(self.options.metric)
+        if value is None:
+            return
+        self.last = float(value)
+        if step >= trainer.config.run.steps or not math.isfinite(self.last):
+            return  # the final value is the trial's result, not an intermediate one
+        self.trial.report(self.last, step)
+        if self.trial.should_prune():
+            self.trial.set_user_attr("pruned_at", step)
+            trainer.pm.hook.event(trainer=trainer, step=step, name="pruned", fields={"value": self.last},
+                                  message=f"pruned at step {step}: {self.options.metric} {self.last:.4g}")
+            trainer.request_stop()
+
+    @hookimpl
+    def train_end(self, trainer: Any, outcome: Any) -> None:
+        self.trial.set_user_attr("steps", outcome.steps)
+        if self.last is not None:
+            self.trial.set_user_attr("value", self.last)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep
+# ---------------------------------------------------------------------------------------------
+
+
+class TrialFailed(Exception):
+    """A trial's run exited with an error (the study records it as failed and goes on)."""
+
+
+class Sweep:
+    """One sweep directory: its spec, study, trials and the lock that keeps it to one process."""
+
+    def __init__(self, config: str, overrides: Sequence[str], params: Mapping[str, Any], settings: SweepSettings,
+                 directory: Path, quiet: bool = False):
+        self.config, self.overrides, self.params = config, list(overrides), dict(params)
+        self.settings, self.dir, self.quiet = settings, directory, quiet
+        self.storage = f"sqlite:///{(directory / STUDY).resolve()}"
+
+    def spec(self) -> dict[str, Any]:
+        s = self.settings
+        return {"config": self.config, "overrides": self.overrides,
+                "params": {k: repr(v) for k, v in self.params.items()},
+                "metric": s.metric, "direction": s.direction, "pruner": s.pruner, "sampler": s.sampler, "seed": s.seed}
+
+    def check_spec(self) -> None:
+        """A sweep directory holds one sweep: continuing with another space or goal is refused."""
+        path = self.dir / SPEC
+        mine = self.spec()
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if differing := sorted(k for k in mine if saved.get(k) != mine[k]):
+                raise BadInput(f"{self.dir} holds another sweep (it differs in {', '.join(differing)}); "
+                               "choose another --dir, or repeat the same command to continue it")
+        else:
+            path.write_text(json.dumps(mine, indent=2) + "\n")
+
+    def study(self) -> Any:
+        optuna = _optuna()
+        s = self.settings
+        pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5),
+                  "hyperband": lambda: optuna.pruners.HyperbandPruner(),
+                  "none": lambda: optuna.pruners.NopPruner()}[s.pruner]()
+        sampler = (optuna.samplers.TPESampler(seed=s.seed) if s.sampler == "tpe"
+                   else optuna.samplers.RandomSampler(seed=s.seed))
+        return optuna.create_study(storage=self.storage, study_name=STUDY_NAME, direction=s.direction,
+                                   sampler=sampler, pruner=pruner, load_if_exists=True)
+
+    def recover(self, study: Any) -> int:
+        """Trials a killed sweep left running (or that were interrupted) fail and go back into
+        the queue with their parameters; return how many trials are finished."""
+        from optuna.trial import TrialState
+
+        storage = study._storage
+        finished = 0
+        for trial in study.get_trials(deepcopy=False):
+            if trial.state == TrialState.RUNNING:
+                storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            elif trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+                    trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted")):
+                finished += 1
+                continue
+            if trial.state in (TrialState.RUNNING, TrialState.FAIL) and not trial.user_attrs.get("requeued"):
+                storage.set_trial_user_attr(trial._trial_id, "requeued", True)
+                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        return finished
+
+    def command(self, trial: Any, overrides: Sequence[str]) -> list[str]:
+        reporter = {"storage": self.storage, "trial": trial._trial_id, "metric": self.settings.metric}
+        sets = [*self.overrides, *overrides, f"run.out_dir={json.dumps(str(self.dir / f'trial_{trial.number}'))}",
+                f"observers.optuna={_inline(reporter)}"]
+        return [sys.executable, "-m", "phasetrain", "run", self.config, *[a for s in sets for a in ("--set", s)]]
+
+    def objective(self, trial: Any) -> float:
+        optuna = _optuna()
+        values = {key: suggest(trial, key, dist) for key, dist in self.params.items()}
+        overrides = [as_override(k, json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v)
+                     for k, v in values.items()]
+        started = time.perf_counter()
+        log = self.dir / f"trial_{trial.number}.log"
+        with open(log, "w") as out:
+            try:
+                code = subprocess.call(self.command(trial, overrides), stdout=out, stderr=subprocess.STDOUT)
+            except KeyboardInterrupt:
+                trial.set_user_attr("interrupted", True)
+                raise
+        trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
+        attrs_ = trial.storage.get_trial_user_attrs(trial._trial_id)  # the run's, not a cached copy
+        if code != 0:
+            last = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
+            self.say(f"trial {trial.number} failed (exit {code}): {last[0]}")
+            raise TrialFailed(last[0])
+        if "pruned_at" in attrs_:
+            self.say(f"trial {trial.number} pruned at step {attrs_['pruned_at']}: {_params(values)}")
+            raise optuna.TrialPruned()
+        if "value" not in attrs_:
+            raise TrialFailed(f"the run reported no {self.settings.metric} (does its task evaluate it?)")
+        self.say(f"trial {trial.number}: {self.settings.metric} {attrs_['value']:.4g} with {_params(values)}")
+        return float(attrs_["value"])
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+    def run(self) -> Any:
+        optuna = _optuna()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial instead
+        study = self.study()
+        finished = self.recover(study)
+        todo = max(0, self.settings.trials - finished)
+        self.say(f"phasetrain sweep: {finished} of {self.settings.trials} trials done; running {todo} "
+                 f"({self.settings.jobs} at a time) in {self.dir}")
+        if todo:
+            study.optimize(self.objective, n_trials=todo, n_jobs=self.settings.jobs, catch=(TrialFailed,))
+        return study
+
+
+def suggest(trial: Any, key: str, dist: Any) -> Any:
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(key, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(key, dist.low, dist.high, log=dist.log)
+    return trial.suggest_float(key, dist.low, dist.high, log=dist.log)
+
+
+def _inline(table: Mapping[str, Any]) -> str:
+    return "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in table.items()) + "}"
+
+
+def _params(values: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# The result
+# ---------------------------------------------------------------------------------------------
+
+
+def trial_rows(study: Any, metric: str) -> list[list[str]]:
+    """The table of trials: number, state, value, steps, time, then one column per parameter."""
+    trials = study.get_trials(deepcopy=False)
+    keys = list(dict.fromkeys(k for t in trials for k in t.params))
+    rows = [["trial", "state", metric, "steps", "time", *keys]]
+    for t in trials:
+        value = t.value if t.value is not None else t.user_attrs.get("value")
+        rows.append([str(t.number), t.state.name.lower(), "-" if value is None else f"{value:.4g}",
+                     str(t.user_attrs.get("steps", "-")), f"{t.user_attrs['seconds']:.1f} s" if "seconds" in t.user_attrs else "-",
+                     *(_cell(t.params.get(k)) for k in keys)])
+    return rows
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def best_config(sweep: Sweep, study: Any) -> str | None:
+    """The best trial's config as TOML (what ``phasetrain config`` prints), or None."""
+    from optuna.trial import TrialState
+
+    from phasetrain import config as config_mod
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    best = study.best_trial
+    overrides = [as_override(k, json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v)
+                 for k, v in best.params.items()]
+    config = config_mod.load(sweep.config, [*sweep.overrides, *overrides])
+    header = (f"# best of sweep {sweep.dir}: trial {best.number}, {sweep.settings.metric} {best.value:.6g}\n"
+              f"# {', '.join(overrides)}\n")
+    return header + config_mod.to_toml(config)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from phasetrain import config as config_mod
+    from phasetrain.plugins.report import print_table
+    from phasetrain.plugins.rundir import LOCK_FILE, Lock
+
+    _optuna()
+    file_settings, params = read_space(args.space)
+    settings = settings_from(args, file_settings, args.space or "phasetrain sweep")
+    sources = dict.fromkeys(params, args.space)
+    for text in args.params:
+        key, _, dist = text.partition("=")
+        if not key.strip() or not dist:
+            raise ConfigError("--param", text, "expected key=distribution, e.g. optimizer.lr=loguniform(1e-4,1e-1)")
+        params[key.strip()], sources[key.strip()] = dist, "--param"
+    if not params:
+        raise BadInput("phasetrain sweep: nothing to search: give --param key=distribution(...) or a --space file")
+    space = {k: parse_distribution(k, v, sources[k]) for k, v in params.items()}
+    config = config_mod.load(args.config, args.overrides)  # a bad base config fails here, once
+    if settings.pruner != "none" and not config.run.eval_every:
+        raise ConfigError(config.source, "run.eval_every", f"is 0: the {settings.pruner} pruner needs evaluations "
+                                                            "during the run (--set run.eval_every=N, or --pruner none)")
+    name = Path(args.config).stem if Path(args.config).suffix else args.config
+    directory = Path(args.dir or f"sweeps/{name}")
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = Lock(directory / LOCK_FILE)
+    lock.acquire("sweep")
+    try:
+        sweep = Sweep(args.config, args.overrides, space, settings, directory)
+        sweep.check_spec()
+        study = sweep.run()
+    finally:
+        lock.release()
+    print()
+    print_table(trial_rows(study, settings.metric), sys.stdout)
+    best = best_config(sweep, study)
+    if best is None:
+        print("no trial completed")
+        return 1
+    (directory / BEST).write_text(best)
+    print(f"\nbest: trial {study.best_trial.number}, {settings.metric} {study.best_value:.6g}; "
+          f"its config is {directory / BEST} (phasetrain run {directory / BEST}):\n")
+    print(best, end="")
+    return 0
+
+
+@hookimpl
+def phasetrain_add_commands(subparsers: Any) -> None:
+    p = subparsers.add_parser("sweep", help="search hyperparameters with Optuna; each trial is a run",
+                              description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("config", metavar="PRESET_OR_FILE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of the base config (repeatable)")
+    p.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=DIST",
+                   help="a searched key: uniform(a,b), loguniform(a,b), int(a,b), logint(a,b), choice(x,y,...)")
+    p.add_argument("--space", metavar="FILE", help="a TOML file with [params] and settings")
+    p.add_argument("--dir", metavar="DIR", help="the sweep's directory (default: sweeps/<config name>)")
+    p.add_argument("--trials", type=int, help="trials in all, counting those already done (default 20)")
+    p.add_argument("--jobs", type=int, help="trials at once, each in its own process (default 1)")
+    p.add_argument("--metric", help="the evaluation metric to optimise (default eval_loss)")
+    p.add_argument("--direction", help="minimize (default) or maximize")
+    p.add_argument("--pruner", help="median (default), hyperband or none")
+    p.add_argument("--sampler", help="tpe (default) or random")
+    p.add_argument("--seed", type=int, help="the sampler's seed (default 0)")
+    p.set_defaults(handler=cmd_sweep)
+
+
+@hookimpl
+def phasetrain_components() -> list[Component]:
+    return [Component("observer", "optuna", TrialReporter, OptunaOptions,
+                      "a sweep trial's link to its Optuna study: reports evaluations, stops when pruned")]
