@@ -58,10 +58,27 @@ def _clock(seconds: float | None) -> str:
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def rate(task: Any) -> float | None:
+    """Steps per second of a rich task: over its recent window, or, while the window holds too
+    few steps (steps longer than the window), over everything since the task began."""
+    if task.speed:
+        return task.speed
+    done = task.completed - task.fields.get("first", 0)
+    return done / task.elapsed if done > 0 and task.elapsed else None
+
+
+def eta_seconds(task: Any) -> float | None:
+    """Seconds until ``task`` completes at its :func:`rate` (None while unknown)."""
+    if task.finished:
+        return 0.0
+    speed = rate(task)
+    return task.remaining / speed if speed else None
+
+
 def eta_text(task: Any) -> str:
     """``eta H:MM:SS`` of a rich task, with the stages still to come after it (``+lbfgs``)."""
     later = task.fields.get("later", "")
-    return f"eta {_clock(task.time_remaining)}" + (f" +{later}" if later else "")
+    return f"eta {_clock(eta_seconds(task))}" + (f" +{later}" if later else "")
 
 
 def _columns() -> tuple[Any, ...]:
@@ -131,7 +148,7 @@ class Console:
             self.lengths = {p.name: schedule.steps_of(p) for p in schedule.phases}
         name = "run" if self.stages else (trainer.state.phase or schedule.phases[0].name)
         self.run_task = self.progress.add_task(name, total=self.total, completed=trainer.state.step,
-                                               eta=not self.stages, status="")
+                                               first=trainer.state.step, eta=not self.stages, status="")
         self._flushed = self.clock()
         params = sum(p.numel() for p in trainer.model.parameters())
         what = f"resuming at step {trainer.state.step}" if trainer.state.step else "training"
@@ -153,7 +170,8 @@ class Console:
             self.progress.update(self.stage_task, visible=False)
         later = self.stages[self.stages.index(phase.name) + 1:] if phase.name in self.stages else []
         self.stage_task = self.progress.add_task(phase.name, total=self.lengths.get(phase.name, self.total),
-                                                 completed=trainer.state.phase_step, later="+".join(later), status="")
+                                                 completed=trainer.state.phase_step, first=trainer.state.phase_step,
+                                                 later="+".join(later), status="")
 
     @hookimpl
     def event(self, message: str) -> None:
@@ -190,9 +208,9 @@ class Console:
         """The plain progress line: every metric, the rate of the current stage and its ETA."""
         task, run = self.current(), self.progress.tasks[self.run_task]
         fields = " ".join(f"{k} {_fmt(_number(v))}" for k, v in metrics.items() if k != "phase")
-        rate = task.speed or 0.0
         return (f"step {done}/{self.total} [{trainer.state.phase}] {run.percentage:.0f}% {fields} "
-                f"| {_clock(run.elapsed)} elapsed, {rate:.1f} steps/s, {eta_text(task).replace('eta', 'ETA', 1)}")
+                f"| {_clock(run.elapsed)} elapsed, {rate(task) or 0.0:.1f} steps/s, "
+                f"{eta_text(task).replace('eta', 'ETA', 1)}")
 
     @hookimpl(trylast=True)
     def eval_end(self, trainer: Any, step: int, metrics: Any) -> None:
