@@ -152,6 +152,7 @@ class OptunaOptions:
     storage: str = ""  # the study's storage URL (set by phasetrain sweep)
     trial: int = attrs.field(default=-1)  # the trial's id in the storage
     metric: str = "eval_loss"  # the evaluation metric reported after every evaluation
+    pruner: str = attrs.field(default="median", validator=one_of("median", "hyperband", "none"))  # the sweep's
 
 
 class TrialReporter:
@@ -164,7 +165,8 @@ class TrialReporter:
         optuna = _optuna()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.options = options
-        study = optuna.load_study(study_name=STUDY_NAME, storage=options.storage)
+        # The pruner is not stored with the study: the sweep names it and each trial builds it.
+        study = optuna.load_study(study_name=STUDY_NAME, storage=options.storage, pruner=make_pruner(options.pruner))
         self.trial = optuna.trial.Trial(study, options.trial)
         self.last: float | None = None
 
@@ -229,13 +231,10 @@ class Sweep:
     def study(self) -> Any:
         optuna = _optuna()
         s = self.settings
-        pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5),
-                  "hyperband": lambda: optuna.pruners.HyperbandPruner(),
-                  "none": lambda: optuna.pruners.NopPruner()}[s.pruner]()
         sampler = (optuna.samplers.TPESampler(seed=s.seed) if s.sampler == "tpe"
                    else optuna.samplers.RandomSampler(seed=s.seed))
         return optuna.create_study(storage=self.storage, study_name=STUDY_NAME, direction=s.direction,
-                                   sampler=sampler, pruner=pruner, load_if_exists=True)
+                                   sampler=sampler, pruner=make_pruner(s.pruner), load_if_exists=True)
 
     def recover(self, study: Any) -> int:
         """Trials a killed sweep left running (or that were interrupted) fail and go back into
@@ -243,22 +242,24 @@ class Sweep:
         from optuna.trial import TrialState
 
         storage = study._storage
+        trials = study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get("retry_of") for t in trials}
         finished = 0
-        for trial in study.get_trials(deepcopy=False):
-            if trial.state == TrialState.RUNNING:
-                storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            elif trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-                    trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted")):
+        for trial in trials:
+            stale = trial.state == TrialState.RUNNING  # its process is gone: we hold the sweep's lock
+            interrupted = trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted")
+            if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) and not interrupted:
                 finished += 1
-                continue
-            if trial.state in (TrialState.RUNNING, TrialState.FAIL) and not trial.user_attrs.get("requeued"):
-                storage.set_trial_user_attr(trial._trial_id, "requeued", True)
+            elif (stale or interrupted) and trial.number not in retried:
+                if stale:
+                    storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+                    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
                 study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         return finished
 
     def command(self, trial: Any, overrides: Sequence[str]) -> list[str]:
-        reporter = {"storage": self.storage, "trial": trial._trial_id, "metric": self.settings.metric}
+        reporter = {"storage": self.storage, "trial": trial._trial_id, "metric": self.settings.metric,
+                    "pruner": self.settings.pruner}
         sets = [*self.overrides, *overrides, f"run.out_dir={json.dumps(str(self.dir / f'trial_{trial.number}'))}",
                 f"observers.optuna={_inline(reporter)}"]
         return [sys.executable, "-m", "phasetrain", "run", self.config, *[a for s in sets for a in ("--set", s)]]
@@ -305,6 +306,15 @@ class Sweep:
         if todo:
             study.optimize(self.objective, n_trials=todo, n_jobs=self.settings.jobs, catch=(TrialFailed,))
         return study
+
+
+def make_pruner(name: str) -> Any:
+    """The pruner a sweep names: ``median`` (Optuna's MedianPruner, after 5 finished trials),
+    ``hyperband`` or ``none``."""
+    optuna = _optuna()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5)
+    return optuna.pruners.HyperbandPruner() if name == "hyperband" else optuna.pruners.NopPruner()
 
 
 def suggest(trial: Any, key: str, dist: Any) -> Any:

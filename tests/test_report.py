@@ -222,12 +222,13 @@ def test_a_plugin_that_takes_a_builtin_command_is_named(monkeypatch, capsys):
     assert re.search(r"\brun\b", err.split("phasetrain_add_commands", 1)[1])  # the command it took
 
 
+@pytest.mark.slow
 def test_report_draws_the_fields_of_a_pinn_run(tmp_path, capsys):
     out = tmp_path / "pinn"
     sets = [f"run.out_dir='{out}'", "observers.console.quiet=true", "run.device='cpu'", "run.steps=2",
-            "sampler.n=64", "task.n_initial=16", "task.n_boundary=16", "task.hidden=8", "task.depth=2",
+            "sampler.n=64", "task.hidden=8", "task.depth=2",
             "task.eval_grid=[9, 5]"]
-    phasetrain.Trainer.from_config("burgers", sets).fit()
+    phasetrain.Trainer.from_config("poisson2d", sets).fit()
     capsys.readouterr()
     assert cli.main(["report", str(out)]) == 0
     assert f"wrote {out / 'fields-u.png'}" in capsys.readouterr().out
