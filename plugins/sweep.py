@@ -185,11 +185,6 @@ class TrialReporter:
                                   message=f"pruned at step {step}: {self.options.metric} {self.last:.4g}")
             trainer.request_stop()
 
-    @hookimpl
-    def train_end(self, trainer: Any, outcome: Any) -> None:
-        self.trial.set_user_attr("steps", outcome.steps)
-        if self.last is not None:
-            self.trial.set_user_attr("value", self.last)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,8 +200,9 @@ class Sweep:
     """One sweep directory: its spec, study, trials and the lock that keeps it to one process."""
 
     def __init__(self, config: str, overrides: Sequence[str], params: Mapping[str, Any], settings: SweepSettings,
-                 directory: Path, quiet: bool = False):
+                 directory: Path, quiet: bool = False, metrics_file: str = "metrics.jsonl"):
         self.config, self.overrides, self.params = config, list(overrides), dict(params)
+        self.metrics_file = metrics_file  # the jsonl observer's, in each trial's run directory
         self.settings, self.dir, self.quiet = settings, directory, quiet
         self.storage = f"sqlite:///{(directory / STUDY).resolve()}"
 
@@ -258,10 +254,11 @@ class Sweep:
         return finished
 
     def command(self, trial: Any, overrides: Sequence[str]) -> list[str]:
-        reporter = {"storage": self.storage, "trial": trial._trial_id, "metric": self.settings.metric,
-                    "pruner": self.settings.pruner}
-        sets = [*self.overrides, *overrides, f"run.out_dir={json.dumps(str(self.dir / f'trial_{trial.number}'))}",
-                f"observers.optuna={_inline(reporter)}"]
+        sets = [*self.overrides, *overrides, f"run.out_dir={json.dumps(str(self.dir / f'trial_{trial.number}'))}"]
+        if self.settings.pruner != "none":  # the trial reports to the study (and imports Optuna) only to be pruned
+            reporter = {"storage": self.storage, "trial": trial._trial_id, "metric": self.settings.metric,
+                        "pruner": self.settings.pruner}
+            sets.append(f"observers.optuna={_inline(reporter)}")
         return [sys.executable, "-m", "phasetrain", "run", self.config, *[a for s in sets for a in ("--set", s)]]
 
     def objective(self, trial: Any) -> float:
@@ -278,18 +275,21 @@ class Sweep:
                 trial.set_user_attr("interrupted", True)
                 raise
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
-        attrs_ = trial.storage.get_trial_user_attrs(trial._trial_id)  # the run's, not a cached copy
         if code != 0:
             last = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
             self.say(f"trial {trial.number} failed (exit {code}): {last[0]}")
             raise TrialFailed(last[0])
-        if "pruned_at" in attrs_:
-            self.say(f"trial {trial.number} pruned at step {attrs_['pruned_at']}: {_params(values)}")
+        value, steps = final_value(self.dir / f"trial_{trial.number}" / self.metrics_file, self.settings.metric)
+        trial.set_user_attr("steps", steps)
+        pruned = trial.storage.get_trial_user_attrs(trial._trial_id).get("pruned_at")  # the run's, not a cached copy
+        if pruned is not None:
+            self.say(f"trial {trial.number} pruned at step {pruned}: {_params(values)}")
             raise optuna.TrialPruned()
-        if "value" not in attrs_:
-            raise TrialFailed(f"the run reported no {self.settings.metric} (does its task evaluate it?)")
-        self.say(f"trial {trial.number}: {self.settings.metric} {attrs_['value']:.4g} with {_params(values)}")
-        return float(attrs_["value"])
+        if value is None:
+            raise TrialFailed(f"the run logged no {self.settings.metric} (does its task evaluate it?)")
+        trial.set_user_attr("value", value)
+        self.say(f"trial {trial.number}: {self.settings.metric} {value:.4g} with {_params(values)}")
+        return value
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -315,6 +315,16 @@ def make_pruner(name: str) -> Any:
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5)
     return optuna.pruners.HyperbandPruner() if name == "hyperband" else optuna.pruners.NopPruner()
+
+
+def final_value(metrics_file: Path, metric: str) -> tuple[float | None, int]:
+    """The last evaluation's ``metric`` of a trial's run and the steps it ran, from its metrics file."""
+    from phasetrain.plugins.metrics import read_records
+
+    records = read_records(metrics_file) if metrics_file.is_file() else []
+    values = [r[metric] for r in records if r.get("kind") == "eval" and isinstance(r.get(metric), (int, float))]
+    steps = max((r["step"] for r in records if isinstance(r.get("step"), int)), default=0)
+    return (float(values[-1]) if values else None), steps
 
 
 def suggest(trial: Any, key: str, dist: Any) -> Any:
@@ -392,6 +402,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise BadInput("phasetrain sweep: nothing to search: give --param key=distribution(...) or a --space file")
     space = {k: parse_distribution(k, v, sources[k]) for k, v in params.items()}
     config = config_mod.load(args.config, args.overrides)  # a bad base config fails here, once
+    jsonl = config.sections.get("observers", {}).get("jsonl")
+    if jsonl is None or not jsonl.enabled:
+        raise ConfigError(config.source, "observers.jsonl", "is off: a sweep reads each trial's result from its "
+                                                            "metrics file")
     if settings.pruner != "none" and not config.run.eval_every:
         raise ConfigError(config.source, "run.eval_every", f"is 0: the {settings.pruner} pruner needs evaluations "
                                                             "during the run (--set run.eval_every=N, or --pruner none)")
@@ -401,7 +415,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     lock = Lock(directory / LOCK_FILE)
     lock.acquire("sweep")
     try:
-        sweep = Sweep(args.config, args.overrides, space, settings, directory)
+        sweep = Sweep(args.config, args.overrides, space, settings, directory, metrics_file=jsonl.options.file)
         sweep.check_spec()
         study = sweep.run()
     finally:
