@@ -30,6 +30,7 @@ import re
 import subprocess
 import sys
 import time
+import threading
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -149,31 +150,34 @@ def settings_from(args: argparse.Namespace, file_settings: Mapping[str, Any], so
 
 @attrs.define
 class OptunaOptions:
-    storage: str = ""  # the study's storage URL (set by phasetrain sweep)
+    storage: str = ""  # the study's storage URL (set by phasetrain sweep); "": report nothing
     trial: int = attrs.field(default=-1)  # the trial's id in the storage
     metric: str = "eval_loss"  # the evaluation metric reported after every evaluation
     pruner: str = attrs.field(default="median", validator=one_of("median", "hyperband", "none"))  # the sweep's
 
 
 class TrialReporter:
-    """The ``optuna`` observer of a sweep's trial (``phasetrain sweep`` configures it)."""
+    """The ``optuna`` observer of a sweep's trial (``phasetrain sweep`` configures it; with no
+    ``storage`` it does nothing)."""
 
     def __init__(self, options: OptunaOptions, ctx: Any):
-        if not options.storage or options.trial < 0:
-            raise ConfigError(ctx.config.source, "observers.optuna", "is set by phasetrain sweep for its trials; "
-                                                                      "it needs storage and trial")
+        self.options, self.trial, self.last = options, None, None
+        if not options.storage:
+            return
+        if options.trial < 0:
+            raise ConfigError(ctx.config.source, "observers.optuna.trial", "is required with a storage: the trial's "
+                                                                            "id (phasetrain sweep sets both)")
         optuna = _optuna()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.options = options
         # The pruner is not stored with the study: the sweep names it and each trial builds it.
-        study = optuna.load_study(study_name=STUDY_NAME, storage=options.storage, pruner=make_pruner(options.pruner))
+        study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(options.storage),
+                                  pruner=make_pruner(options.pruner))
         self.trial = optuna.trial.Trial(study, options.trial)
-        self.last: float | None = None
 
     @hookimpl(trylast=True)
     def eval_end(self, trainer: Any, step: int, metrics: Any) -> None:
         value = metrics.get(self.options.metric)
-        if value is None:
+        if self.trial is None or value is None:
             return
         self.last = float(value)
         if step >= trainer.config.run.steps or not math.isfinite(self.last):
@@ -190,10 +194,6 @@ class TrialReporter:
 # ---------------------------------------------------------------------------------------------
 # The sweep
 # ---------------------------------------------------------------------------------------------
-
-
-class TrialFailed(Exception):
-    """A trial's run exited with an error (the study records it as failed and goes on)."""
 
 
 class Sweep:
@@ -227,10 +227,13 @@ class Sweep:
     def study(self) -> Any:
         optuna = _optuna()
         s = self.settings
-        sampler = (optuna.samplers.TPESampler(seed=s.seed) if s.sampler == "tpe"
-                   else optuna.samplers.RandomSampler(seed=s.seed))
-        return optuna.create_study(storage=self.storage, study_name=STUDY_NAME, direction=s.direction,
-                                   sampler=sampler, pruner=make_pruner(s.pruner), load_if_exists=True)
+        study = optuna.create_study(storage=open_storage(self.storage), study_name=STUDY_NAME, direction=s.direction,
+                                    pruner=make_pruner(s.pruner), load_if_exists=True)
+        # A resumed sweep seeds its sampler past the trials it has, or it would draw them again.
+        seed = s.seed + len(study.get_trials(deepcopy=False))
+        study.sampler = (optuna.samplers.TPESampler(seed=seed) if s.sampler == "tpe"
+                         else optuna.samplers.RandomSampler(seed=seed))
+        return study
 
     def recover(self, study: Any) -> int:
         """Trials a killed sweep left running (or that were interrupted) fail and go back into
@@ -261,35 +264,38 @@ class Sweep:
             sets.append(f"observers.optuna={_inline(reporter)}")
         return [sys.executable, "-m", "phasetrain", "run", self.config, *[a for s in sets for a in ("--set", s)]]
 
-    def objective(self, trial: Any) -> float:
-        optuna = _optuna()
+    def result(self, trial: Any) -> tuple[Any, float | None]:
+        """Run ``trial`` as a ``phasetrain run`` process and say how it ended: (state, value)."""
+        from optuna.trial import TrialState
+
         values = {key: suggest(trial, key, dist) for key, dist in self.params.items()}
         overrides = [as_override(k, json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v)
                      for k, v in values.items()]
         started = time.perf_counter()
         log = self.dir / f"trial_{trial.number}.log"
         with open(log, "w") as out:
-            try:
-                code = subprocess.call(self.command(trial, overrides), stdout=out, stderr=subprocess.STDOUT)
-            except KeyboardInterrupt:
-                trial.set_user_attr("interrupted", True)
-                raise
+            code = subprocess.call(self.command(trial, overrides), stdout=out, stderr=subprocess.STDOUT)
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
         if code != 0:
             last = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
             self.say(f"trial {trial.number} failed (exit {code}): {last[0]}")
-            raise TrialFailed(last[0])
-        value, steps = final_value(self.dir / f"trial_{trial.number}" / self.metrics_file, self.settings.metric)
+            return TrialState.FAIL, None
+        value, steps, status = final_value(self.dir / f"trial_{trial.number}" / self.metrics_file, self.settings.metric)
         trial.set_user_attr("steps", steps)
         pruned = trial.storage.get_trial_user_attrs(trial._trial_id).get("pruned_at")  # the run's, not a cached copy
         if pruned is not None:
             self.say(f"trial {trial.number} pruned at step {pruned}: {_params(values)}")
-            raise optuna.TrialPruned()
+            return TrialState.PRUNED, None
+        if status == "interrupted":  # stopped from outside (Ctrl-C, SIGTERM): run it again on resume
+            trial.set_user_attr("interrupted", True)
+            self.say(f"trial {trial.number} interrupted at step {steps}")
+            return TrialState.FAIL, None
         if value is None:
-            raise TrialFailed(f"the run logged no {self.settings.metric} (does its task evaluate it?)")
+            self.say(f"trial {trial.number} failed: its run logged no {self.settings.metric}")
+            return TrialState.FAIL, None
         trial.set_user_attr("value", value)
         self.say(f"trial {trial.number}: {self.settings.metric} {value:.4g} with {_params(values)}")
-        return value
+        return TrialState.COMPLETE, value
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -304,8 +310,53 @@ class Sweep:
         self.say(f"phasetrain sweep: {finished} of {self.settings.trials} trials done; running {todo} "
                  f"({self.settings.jobs} at a time) in {self.dir}")
         if todo:
-            study.optimize(self.objective, n_trials=todo, n_jobs=self.settings.jobs, catch=(TrialFailed,))
+            self.work(study, todo)
         return study
+
+    def work(self, study: Any, todo: int) -> None:
+        """Run ``todo`` trials, ``jobs`` at a time, with Optuna's ask and tell. We keep the threads
+        rather than ``study.optimize(n_jobs=...)``, which can hand one enqueued trial (a retry) to
+        two threads asking at once: asking is serialised here."""
+        from optuna.trial import TrialState
+
+        lock, stop, errors, launched = threading.Lock(), threading.Event(), [], [0]
+
+        def worker() -> None:
+            while not stop.is_set():
+                with lock:
+                    if launched[0] >= todo:
+                        return
+                    launched[0] += 1
+                    trial = study.ask()
+                try:
+                    state, value = self.result(trial)
+                except BaseException as exc:  # a bug or the store: end the sweep, keep what is done
+                    study.tell(trial, state=TrialState.FAIL)
+                    errors.append(exc)
+                    stop.set()
+                    return
+                study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(self.settings.jobs, todo))]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                thread.join()
+        except KeyboardInterrupt:  # the trials got the signal too: they checkpoint, and are run again on resume
+            stop.set()
+            for thread in threads:
+                thread.join()
+            raise
+        if errors:
+            raise errors[0]
+
+
+def open_storage(url: str) -> Any:
+    """Optuna's storage at ``url``, waiting up to a minute for SQLite's lock: with ``--jobs N``
+    the sweep's threads and N trials' reports write to one file at once."""
+    optuna = _optuna()
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
 
 
 def make_pruner(name: str) -> Any:
@@ -317,14 +368,16 @@ def make_pruner(name: str) -> Any:
     return optuna.pruners.HyperbandPruner() if name == "hyperband" else optuna.pruners.NopPruner()
 
 
-def final_value(metrics_file: Path, metric: str) -> tuple[float | None, int]:
-    """The last evaluation's ``metric`` of a trial's run and the steps it ran, from its metrics file."""
+def final_value(metrics_file: Path, metric: str) -> tuple[float | None, int, str]:
+    """From a trial's metrics file: its last evaluation's ``metric``, the steps it ran and how it
+    ended (``completed``, ``interrupted``, ...)."""
     from phasetrain.plugins.metrics import read_records
 
     records = read_records(metrics_file) if metrics_file.is_file() else []
     values = [r[metric] for r in records if r.get("kind") == "eval" and isinstance(r.get(metric), (int, float))]
     steps = max((r["step"] for r in records if isinstance(r.get("step"), int)), default=0)
-    return (float(values[-1]) if values else None), steps
+    ends = [r.get("status") for r in records if r.get("kind") == "end"]
+    return (float(values[-1]) if values else None), steps, str(ends[-1] if ends else "unfinished")
 
 
 def suggest(trial: Any, key: str, dist: Any) -> Any:

@@ -85,6 +85,7 @@ def test_a_killed_sweep_resumes_its_study_without_repeating_finished_trials(tmp_
     assert trials[1].state == TrialState.FAIL and trials[1].user_attrs["interrupted"]
     retried = [t for t in trials if t.user_attrs.get("retry_of") == killed.number]
     assert len(retried) == 1 and retried[0].params["optimizer.lr"] == killed_lr  # the killed one, again
+    assert len({t.params["optimizer.lr"] for t in trials}) == 3  # the new one is new: the sampler goes on
     for t in trials[2:]:
         records = [json.loads(line) for line in (tmp_path / "sw" / f"trial_{t.number}" / "metrics.jsonl").open()]
         assert records[-1]["status"] == "completed"
