@@ -39,7 +39,7 @@ from typing import Any
 import attrs
 
 from phasetrain import Component, hookimpl
-from phasetrain.config import non_negative, one_of, positive
+from phasetrain.config import FieldValueError, non_negative, one_of, positive
 from phasetrain.errors import BadInput, ConfigError
 
 STUDY = "study.db"
@@ -139,8 +139,7 @@ def settings_from(args: argparse.Namespace, file_settings: Mapping[str, Any], so
     try:
         return SweepSettings(**merged)
     except (ValueError, TypeError) as exc:
-        field = getattr(exc, "field", "")
-        raise ConfigError(source, field, str(exc)) from None
+        raise ConfigError(source, exc.field if isinstance(exc, FieldValueError) else "", str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------
