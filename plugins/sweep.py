@@ -25,169 +25,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import re
 import subprocess
 import sys
-import time
 import threading
-import tomllib
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from phasetrain import Component, hookimpl
-from phasetrain.config import FieldValueError, non_negative, one_of, positive
 from phasetrain.errors import BadInput, ConfigError
+from phasetrain.plugins.sweep_space import (SweepSettings, require_optuna, as_override, parse_distribution, read_space,
+                                            settings_from, suggest)
+from phasetrain.plugins.sweep_trial import (STUDY_NAME, OptunaOptions, TrialReporter, final_value, make_pruner,
+                                            open_storage)
+
+__all__ = ["STUDY_NAME", "Sweep", "SweepSettings", "parse_distribution"]
 
 STUDY = "study.db"
 SPEC = "sweep.json"
 BEST = "best.toml"
-STUDY_NAME = "phasetrain"
-_DIST = re.compile(r"^\s*(uniform|loguniform|int|logint|choice)\s*\((.*)\)\s*$", re.S)
-
-
-def _optuna() -> Any:
-    try:
-        import optuna
-    except ImportError:
-        raise BadInput("phasetrain sweep needs Optuna: pip install 'phasetrain[sweep]' (or: pip install optuna)") from None
-    return optuna
-
-
-# ---------------------------------------------------------------------------------------------
-# The search space
-# ---------------------------------------------------------------------------------------------
-
-
-def parse_distribution(key: str, text: str, source: str = "--param") -> Any:
-    """``"loguniform(1e-4, 1e-1)"`` → an Optuna distribution; a clear error naming ``key``."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    found = _DIST.match(text) if isinstance(text, str) else None
-    if not found:
-        raise ConfigError(source, key, f"expected uniform(a, b), loguniform(a, b), int(a, b), logint(a, b) or "
-                                       f"choice(x, y, ...), got {text!r}")
-    name, inner = found.groups()
-    try:
-        args = tomllib.loads(f"v = [{inner}]")["v"]
-    except tomllib.TOMLDecodeError:
-        raise ConfigError(source, key, f"{name}(...): the arguments must be TOML values, got {inner!r}") from None
-    if name == "choice":
-        if not args:
-            raise ConfigError(source, key, "choice() needs at least one value")
-        return CategoricalDistribution([json.dumps(a) if isinstance(a, (list, dict)) else a for a in args])
-    numbers = len(args) == 2 and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
-    if not numbers or not args[0] < args[1]:
-        raise ConfigError(source, key, f"{name}(low, high) needs two numbers with low < high, got {inner!r}")
-    log = name.startswith("log")
-    if log and args[0] <= 0:
-        raise ConfigError(source, key, f"{name}(low, high) needs low > 0, got {args[0]!r}")
-    if name in ("int", "logint"):
-        if not all(isinstance(a, int) for a in args):
-            raise ConfigError(source, key, f"{name}(low, high) needs integers, got {inner!r}")
-        return IntDistribution(args[0], args[1], log=log)
-    return FloatDistribution(float(args[0]), float(args[1]), log=log)
-
-
-def as_override(key: str, value: Any) -> str:
-    """A sampled value as ``--set key=value`` (TOML)."""
-    import tomli_w
-
-    return f"{key}={tomli_w.dumps({'v': value}).split('=', 1)[1].strip()}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Settings
-# ---------------------------------------------------------------------------------------------
-
-
-@attrs.define
-class SweepSettings:
-    """What a ``--space`` file may hold besides ``[params]`` (command-line options win)."""
-
-    trials: int = attrs.field(default=20, validator=positive)  # trials in all, counting finished ones
-    jobs: int = attrs.field(default=1, validator=positive)  # trials run at once, each in its own process
-    metric: str = "eval_loss"  # the evaluation metric the study optimises
-    direction: str = attrs.field(default="minimize", validator=one_of("minimize", "maximize"))
-    pruner: str = attrs.field(default="median", validator=one_of("median", "hyperband", "none"))
-    sampler: str = attrs.field(default="tpe", validator=one_of("tpe", "random"))
-    seed: int = attrs.field(default=0, validator=non_negative)  # of the sampler
-
-
-def read_space(path: str | None) -> tuple[dict[str, Any], dict[str, str]]:
-    """A ``--space`` file → (settings, params)."""
-    if path is None:
-        return {}, {}
-    from phasetrain.config import read_file
-
-    data = read_file(Path(path))
-    params = data.pop("params", {})
-    if not isinstance(params, Mapping):
-        raise ConfigError(path, "params", "expected a table of key = \"distribution(...)\"")
-    known = {f.name for f in attrs.fields(SweepSettings)}
-    if unknown := sorted(set(data) - known):
-        raise ConfigError(path, unknown[0], f"unknown key (allowed: params, {', '.join(sorted(known))})")
-    return data, dict(params)
-
-
-def settings_from(args: argparse.Namespace, file_settings: Mapping[str, Any], source: str) -> SweepSettings:
-    merged = {**file_settings, **{k: v for k in map(lambda f: f.name, attrs.fields(SweepSettings))
-                                  if (v := getattr(args, k, None)) is not None}}
-    try:
-        return SweepSettings(**merged)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(source, exc.field if isinstance(exc, FieldValueError) else "", str(exc)) from None
-
-
-# ---------------------------------------------------------------------------------------------
-# The trials' own observer: reports evaluations to the study and stops pruned runs
-# ---------------------------------------------------------------------------------------------
-
-
-@attrs.define
-class OptunaOptions:
-    storage: str = ""  # the study's storage URL (set by phasetrain sweep); "": report nothing
-    trial: int = attrs.field(default=-1)  # the trial's id in the storage
-    metric: str = "eval_loss"  # the evaluation metric reported after every evaluation
-    pruner: str = attrs.field(default="median", validator=one_of("median", "hyperband", "none"))  # the sweep's
-
-
-class TrialReporter:
-    """The ``optuna`` observer of a sweep's trial (``phasetrain sweep`` configures it; with no
-    ``storage`` it does nothing)."""
-
-    def __init__(self, options: OptunaOptions, ctx: Any):
-        self.options, self.trial, self.last = options, None, None
-        if not options.storage:
-            return
-        if options.trial < 0:
-            raise ConfigError(ctx.config.source, "observers.optuna.trial", "is required with a storage: the trial's "
-                                                                            "id (phasetrain sweep sets both)")
-        optuna = _optuna()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        # The pruner is not stored with the study: the sweep names it and each trial builds it.
-        study = optuna.load_study(study_name=STUDY_NAME, storage=open_storage(options.storage),
-                                  pruner=make_pruner(options.pruner))
-        self.trial = optuna.trial.Trial(study, options.trial)
-
-    @hookimpl(trylast=True)
-    def eval_end(self, trainer: Any, step: int, metrics: Any) -> None:
-        value = metrics.get(self.options.metric)
-        if self.trial is None or value is None:
-            return
-        self.last = float(value)
-        if step >= trainer.config.run.steps or not math.isfinite(self.last):
-            return  # the final value is the trial's result, not an intermediate one
-        self.trial.report(self.last, step)
-        if self.trial.should_prune():
-            self.trial.set_user_attr("pruned_at", step)
-            trainer.pm.hook.event(trainer=trainer, step=step, name="pruned", fields={"value": self.last},
-                                  message=f"pruned at step {step}: {self.options.metric} {self.last:.4g}")
-            trainer.request_stop()
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +81,7 @@ class Sweep:
             path.write_text(json.dumps(mine, indent=2) + "\n")
 
     def study(self) -> Any:
-        optuna = _optuna()
+        optuna = require_optuna()
         s = self.settings
         study = optuna.create_study(storage=open_storage(self.storage), study_name=STUDY_NAME, direction=s.direction,
                                     pruner=make_pruner(s.pruner), load_if_exists=True)
@@ -301,7 +158,7 @@ class Sweep:
             print(text, flush=True)
 
     def run(self) -> Any:
-        optuna = _optuna()
+        optuna = require_optuna()
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own line per trial instead
         study = self.study()
         finished = self.recover(study)
@@ -349,44 +206,6 @@ class Sweep:
             raise
         if errors:
             raise errors[0]
-
-
-def open_storage(url: str) -> Any:
-    """Optuna's storage at ``url``, waiting up to a minute for SQLite's lock: with ``--jobs N``
-    the sweep's threads and N trials' reports write to one file at once."""
-    optuna = _optuna()
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-
-
-def make_pruner(name: str) -> Any:
-    """The pruner a sweep names: ``median`` (Optuna's MedianPruner, after 5 finished trials),
-    ``hyperband`` or ``none``."""
-    optuna = _optuna()
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5)
-    return optuna.pruners.HyperbandPruner() if name == "hyperband" else optuna.pruners.NopPruner()
-
-
-def final_value(metrics_file: Path, metric: str) -> tuple[float | None, int, str]:
-    """From a trial's metrics file: its last evaluation's ``metric``, the steps it ran and how it
-    ended (``completed``, ``interrupted``, ...)."""
-    from phasetrain.plugins.metrics import read_records
-
-    records = read_records(metrics_file) if metrics_file.is_file() else []
-    values = [r[metric] for r in records if r.get("kind") == "eval" and isinstance(r.get(metric), (int, float))]
-    steps = max((r["step"] for r in records if isinstance(r.get("step"), int)), default=0)
-    ends = [r.get("status") for r in records if r.get("kind") == "end"]
-    return (float(values[-1]) if values else None), steps, str(ends[-1] if ends else "unfinished")
-
-
-def suggest(trial: Any, key: str, dist: Any) -> Any:
-    from optuna.distributions import CategoricalDistribution, IntDistribution
-
-    if isinstance(dist, CategoricalDistribution):
-        return trial.suggest_categorical(key, dist.choices)
-    if isinstance(dist, IntDistribution):
-        return trial.suggest_int(key, dist.low, dist.high, log=dist.log)
-    return trial.suggest_float(key, dist.low, dist.high, log=dist.log)
 
 
 def _inline(table: Mapping[str, Any]) -> str:
@@ -441,7 +260,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from phasetrain.plugins.report import print_table
     from phasetrain.plugins.rundir import LOCK_FILE, Lock
 
-    _optuna()
+    require_optuna()
     file_settings, params = read_space(args.space)
     settings = settings_from(args, file_settings, args.space or "phasetrain sweep")
     sources = dict.fromkeys(params, args.space)
