@@ -15,8 +15,8 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) install --quiet $(CONSTRAINTS) -e .
 	@touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed contrib/phasetrain-lion/pyproject.toml
-	$(PIP) install --quiet $(CONSTRAINTS) -e ".[test]" -e contrib/phasetrain-lion
+$(VENV)/.installed-test: $(VENV)/.installed contrib/phasetrain-lion/pyproject.toml contrib/phasetrain-mlflow/pyproject.toml
+	$(PIP) install --quiet $(CONSTRAINTS) -e ".[test,sweep]" -e contrib/phasetrain-lion -e contrib/phasetrain-mlflow
 	@touch $@
 
 install: $(VENV)/.installed
@@ -26,7 +26,7 @@ run: $(VENV)/.installed
 	$(BIN)/phasetrain run $(PRESET)
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q tests contrib/phasetrain-lion/tests
+	$(BIN)/python -m pytest -q tests contrib/phasetrain-lion/tests contrib/phasetrain-mlflow/tests
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/overhead.py

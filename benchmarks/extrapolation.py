@@ -78,7 +78,7 @@ def main() -> None:
         probe = Probe(steps, args.window)
         trainer = phasetrain.Trainer.from_config(
             preset, [*overrides, f"run.steps={steps}", "run.eval_every=0", "run.checkpoint_every=0",
-                     "observers.console.quiet=true", f"run.out_dir='runs/bench-extrapolation/{task}'"],
+                     "observers.console.quiet=true", f"run.out_dir='runs/bench-extrapolation/{task}/{{version}}'"],
             plugins=[probe])
         with contextlib.redirect_stdout(io.StringIO()):
             trainer.fit()

@@ -165,7 +165,7 @@ def main() -> None:
             for variant in order:
                 extra = args.hybrid_overrides if VARIANTS[variant] else []
                 per_variant[variant].append(run(preset, overrides + VARIANTS[variant] + extra, seed,
-                                                tmp / task / variant, args.hybrid_steps))
+                                                tmp / task / variant / "{version}", args.hybrid_steps))
         targets = [r["final_eval_loss"] for r in per_variant["plain"]]
         summary = {}
         for variant, runs in per_variant.items():

@@ -106,7 +106,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/overhead.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    tmp = "runs/bench-overhead"
+    tmp = "runs/bench-overhead/{version}"  # a directory per run: a run never reuses another's
     variants = {
         "hand-written": lambda: run_handwritten(args, tmp),
         "phasetrain (defaults)": lambda: run_phasetrain(args, tmp),

@@ -178,7 +178,7 @@ def time_handwritten(preset: str, steps: int, out: str, extra: list[str]) -> tup
 
 
 def step_cost(preset: str, steps: int, repeats: int, extra: list[str]) -> dict:
-    out = "runs/bench-pinn-step"
+    out = "runs/bench-pinn-step/{version}"  # a directory per run: a run never reuses another's
     hand, ours = [], []
     time_handwritten(preset, 3, out, extra), time_phasetrain(preset, 3, out, extra)  # warm-up
     for r in range(repeats):
@@ -242,7 +242,7 @@ def main() -> None:
             jobs.append(("burgers-rad", [*jobs[presets.index("burgers-rad")][1],
                                           f"sampler={{use='uniform', n={2000 if args.quick else n}}}"]))
         for name, sets in jobs:
-            row = run_child(name, sets, f"runs/bench-pinn/{name}")
+            row = run_child(name, sets, f"runs/bench-pinn/{name}/{{version}}")
             result["runs"].append(row)
             label = name if row["sampler"] != "uniform" or name != "burgers-rad" else "(uniform)"
             print(f"{label:<14} {row['problem']:<12} {row['sampler']:<8} {row['points']:>7} {row['steps']:>6} "

@@ -31,21 +31,23 @@ def stores(registry: Any = None) -> list[Any]:
 def load_checkpoint(path: str | Path, which: str = "last") -> dict[str, Any]:
     """Load a checkpoint as plain containers of tensors and numbers.
 
-    ``path`` is a run directory (its latest good checkpoint is used) or a checkpoint directory.
+    ``path`` is a run directory (its latest good checkpoint is used), a directory of runs with a
+    ``latest`` pointer (``runs/regression``: the latest run's) or a checkpoint directory.
     ``which`` other than ``"last"`` picks a checkpoint the run keeps under that name (``"best"``
     with ``[best_checkpoints]``), found through the ``phasetrain_named_checkpoint`` hook. The
     result has at least ``"model"`` (a state dict), ``"optimizers"``, ``"trainer"`` and
     ``"meta"`` (step, config, versions).
     """
+    path = Path(path) / "latest" if (Path(path) / "latest").is_dir() else Path(path)
     if which != "last":
-        found = load_registry().plugin_manager().hook.phasetrain_named_checkpoint(run_dir=Path(path), which=which)
+        found = load_registry().plugin_manager().hook.phasetrain_named_checkpoint(run_dir=path, which=which)
         if found is None:
             raise BadInput(f"{path}: the run keeps no checkpoint named {which!r} (\"last\" is the newest)")
         path = found
     failures = []
     for store in stores():
         try:
-            _path, state, meta = store.latest(Path(path))
+            _path, state, meta = store.latest(path)
             return {**state, "meta": meta}
         except CheckpointError as exc:
             failures.append(exc)
@@ -53,8 +55,8 @@ def load_checkpoint(path: str | Path, which: str = "last") -> dict[str, Any]:
 
 
 def load_model(run_dir: str | Path, model: torch.nn.Module | None = None, *, which: str = "last", trust_code: bool = False) -> torch.nn.Module:
-    """The trained model of a run, in eval mode: its weights loaded into ``model`` when given,
-    or into a model rebuilt from the run's config.
+    """The trained model of a run (as :func:`load_checkpoint` finds it), in eval mode: its weights
+    loaded into ``model`` when given, or into a model rebuilt from the run's config.
 
     ``which`` is ``"last"`` (the newest good checkpoint) or a name the run keeps (``"best"``).
     Rebuilding runs no code that a config recorded in the run directory names (an import path)
@@ -74,7 +76,7 @@ def load_model(run_dir: str | Path, model: torch.nn.Module | None = None, *, whi
     for key, value in cfg.sections.items():  # no logs, no files: only the model is wanted
         if isinstance(value, dict):
             cfg.sections[key] = {name: attrs.evolve(o, enabled=False) for name, o in value.items()}
-    trainer = Trainer(cfg, trust_code=trust_code, model_only=True)
+    trainer = Trainer(cfg, trust_code=trust_code, model_only=True, run_dir=run_dir)  # claims no run directory
     trainer.model.load_state_dict(state["model"])
     task = trainer.task
     return (task.export_model(trainer.model) if isinstance(task, ExportsModel) else trainer.model).eval()

@@ -3,9 +3,10 @@
 Every command comes from a plugin through ``phasetrain_add_commands``, phasetrain's own
 (``run``, ``config``, ``plugins``, ...) included, so a plugin can replace any of them. Exit codes:
 0 done, 2 bad input (config, arguments, unknown names, checkpoints), 1 a failure during
-training. Errors print one line and no traceback; ``--debug`` (or ``PHASETRAIN_DEBUG=1``) adds it.
-A signal before a command installs its own handlers (``run`` checkpoints on one) exits 130
-(SIGINT) or 143 (SIGTERM) with a message, whatever was loading.
+training, 141 the reader of the output went away (``phasetrain presets | head -1``: quietly, as
+a process killed by SIGPIPE). Errors print one line and no traceback; ``--debug`` (or
+``PHASETRAIN_DEBUG=1``) adds it. A signal before a command installs its own handlers (``run``
+checkpoints on one) exits 130 (SIGINT) or 143 (SIGTERM) with a message, whatever was loading.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ class Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     """The command line: ``--debug`` and every plugin's subcommands."""
+    from phasetrain import __version__
     from phasetrain.registry import load_registry
 
     p = Parser(prog="phasetrain", description="Train PyTorch models composed from plugins.")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    p.add_argument("--version", action="version", version=f"phasetrain {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     registry = load_registry()
     for impl in reversed(registry.plugin_manager().hook.phasetrain_add_commands.get_hookimpls()):  # pluggy's order
@@ -65,7 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser().parse_args(argv)
         if (handler := getattr(args, "handler", None)) is None:
             raise PluginError(f"command {args.command!r} has no handler (set_defaults(handler=...))")
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here at the latest, not at interpreter exit
+        return code
+    except BrokenPipeError:  # the reader went away: no traceback, nothing more to write
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt as exc:
         signum = exc.args[0] if exc.args and isinstance(exc.args[0], int) else signal.SIGINT
         print(f"phasetrain: interrupted ({signal.Signals(signum).name})", file=sys.stderr)

@@ -105,7 +105,7 @@ class RunConfig:
 
     steps: int = resumable(default=1000, validator=positive)  # steps in total
     seed: int = attrs.field(default=0, validator=in_range(0, 2**63 - 1))  # seeds python, numpy and torch first
-    out_dir: str = resumable(default="runs/default")  # checkpoints, metrics and logs go here
+    out_dir: str = resumable(default="runs/default/{version}")  # the run's files; {version}: a new version_N per run
     device: str = resumable(default="auto", validator=_device)  # auto: cuda when available
     log_every: int = resumable(default=50, validator=positive)  # cadence of metric records
     eval_every: int = resumable(default=0, validator=non_negative)  # 0: evaluate at the end only

@@ -8,8 +8,9 @@ can be added later without breaking plugins. ``docs/hooks.md`` is generated from
 
 The whole protocol of one run, in order (``Trainer.fit``)::
 
-    # built: strategy, then every configured component (each hears the hooks it implements),
-    # then every phase's optimizer and learning-rate schedule
+    # built: strategy; run_dir(trainer, config, resume) chooses trainer.out_dir; then every
+    # configured component (each hears the hooks it implements), every phase's optimizer and
+    # learning-rate schedule
     restore(trainer, state)                          # only on --resume
     train_start(trainer)
     while trainer.step < run.steps and no stop was requested:
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, MutableMapping, Sequence
     from pathlib import Path
 
+    from phasetrain.config import Config
     from phasetrain.loop import Trainer
     from phasetrain.registry import Component, Kind
     from phasetrain.types import Outcome, Phase
@@ -165,6 +167,29 @@ def phasetrain_add_commands(subparsers: _SubParsersAction) -> None:
     modules inside the handler.
 
     :return: nothing; the return value is ignored.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's directory: asked once when a Trainer is built
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def run_dir(trainer: Trainer, config: Config, resume: bool | str) -> Path | str | None:
+    """Choose the directory the run being built writes to: ``trainer.out_dir``.
+
+    Stops at the first non-``None`` result; with none, the run writes to ``config.run.out_dir``
+    as it is. Asked once per ``Trainer``, after the strategy is built (so an implementation can
+    agree on one directory across processes with ``trainer.strategy``) and before every other
+    component, whose ``ctx.out_dir`` is the answer. ``resume`` is ``False`` for a fresh run,
+    ``True`` to continue the latest run of this config and a string to continue the run it names
+    (``phasetrain run CONFIG --resume [RUN]``). A Trainer built only to read a run back
+    (``load_model``) is given its directory and does not ask. The built-in ``rundir`` plugin
+    (``trylast``) gives each fresh run a new ``version_N`` directory when ``run.out_dir`` ends in
+    ``{version}``, and locks the directory while the run trains.
+
+    :return: the run directory, or ``None`` to leave the choice to the next implementation.
     """
 
 

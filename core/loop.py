@@ -39,10 +39,11 @@ class BuildContext:
 
     def __init__(self, trainer: Trainer, params: Any = None, optimizer: Any = None, steps: int | None = None,
                  **extra: Any):
-        self.trainer, self.config, self.seed, self.out_dir = trainer, trainer.config, trainer.config.run.seed, trainer.out_dir
+        self.trainer, self.config, self.seed = trainer, trainer.config, trainer.config.run.seed
         self.params, self.optimizer, self.extra = params, optimizer, extra
         self.steps: int = trainer.config.run.steps if steps is None else steps
 
+    out_dir = property(lambda self: self.trainer.out_dir, doc="the run's directory (see the run_dir hook)")
     device = property(lambda self: self.trainer.device, doc="the run's torch.device")
     strategy = property(lambda self: self.trainer.strategy, doc="the run's strategy")
     objects = property(lambda self: self.trainer.objects, doc="live objects the run was given, by config value")
@@ -75,7 +76,8 @@ class Trainer:
     """
 
     def __init__(self, config: Config, *, registry: Registry | None = None, plugins: Iterable[Any] = (),
-                 objects: Mapping[str, Any] | None = None, trust_code: bool = True, model_only: bool = False):
+                 objects: Mapping[str, Any] | None = None, trust_code: bool = True, model_only: bool = False,
+                 resume: bool | str = False, run_dir: str | Path | None = None):
         self.config, self.out_dir = config, Path(config.run.out_dir)
         self.objects, self.trust_code, self.model_only = dict(objects or {}), trust_code, model_only
         self.registry = registry or config.registry or load_registry()
@@ -93,6 +95,8 @@ class Trainer:
         self._stop, self._save_now, self._rollback, self._saved, self._evaluated = False, False, None, -1, -1
         self.skip_requested = False
         self.strategy = self.component("strategy") or SingleProcess()
+        chosen = run_dir if run_dir is not None else self.pm.hook.run_dir(trainer=self, config=config, resume=resume)
+        self.out_dir = Path(chosen if chosen is not None else config.run.out_dir)
         self.device = self.strategy.device(config.run.device)
         seed = config.run.seed + self.strategy.rank  # every generator, before anything is built
         random.seed(seed), np.random.seed(seed % 2**32), torch.manual_seed(seed)
@@ -115,8 +119,9 @@ class Trainer:
 
         ``plugins`` are extra plugin objects for this run (hook recorders, or components that
         are not installed: wrap those in :func:`phasetrain.registry.plugin` so that their
-        ``phasetrain_kinds`` and ``phasetrain_components`` are registered too). ``options``
-        (``objects``, ``trust_code``, ``model_only``) go to the constructor.
+        ``phasetrain_kinds`` and ``phasetrain_components`` are registered too). ``options`` go to
+        the constructor: ``objects``, ``trust_code``, ``model_only``, and ``resume`` (True for the
+        latest run, or a run's name or path) and ``run_dir`` (see the ``run_dir`` hook).
         """
         plugins = list(plugins)
         registry = load_registry([p for p in plugins if isinstance(p, PluginInfo)])
@@ -390,7 +395,7 @@ class Trainer:
         self.pm.hook.restore(trainer=self, state=state["plugins"])
 
     def resume(self, report: Any = print) -> Path:
-        """Continue from the latest good checkpoint of ``run.out_dir``.
+        """Continue from the latest good checkpoint of the run's directory (``trainer.out_dir``).
 
         A checkpoint that fails to load, or whose state fails to apply (:meth:`load_state_dict` or
         a plugin's ``restore`` raises), is reported and the previous good one used (the store's

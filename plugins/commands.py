@@ -29,12 +29,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from phasetrain import config as config_mod
     from phasetrain.loop import Trainer
 
-    trainer = Trainer(config_mod.load(args.config, args.overrides))
+    # a group that torchrun --max-restarts started again continues the run it was training
+    from phasetrain.plugins.distributed import restarted, resume_on_restart
+
+    trainer = Trainer(config_mod.load(args.config, args.overrides), resume=args.resume or restarted())
     with GracefulStop(trainer, args, started=False) as stop:
         try:
-            # a group that torchrun --max-restarts started again continues from its newest checkpoint
-            from phasetrain.plugins.distributed import resume_on_restart
-
             if args.resume or resume_on_restart(trainer):
                 path = trainer.resume(report=lambda msg: print(f"phasetrain: {msg}", file=sys.stderr))
                 if trainer.strategy.main:
@@ -94,7 +94,7 @@ class GracefulStop:
             signal.signal(sig, handler)
         if self.started and self.signalled and self.trainer.stop_requested and self.trainer.strategy.main:
             print(f"phasetrain: stopped at step {self.trainer.state.step}; resume with:\n"
-                  f"  {command_line(self.args, '--resume')}", flush=True)
+                  f"  {command_line(self.args, '--resume', str(self.trainer.out_dir))}", flush=True)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -172,7 +172,9 @@ def phasetrain_add_commands(subparsers: Any) -> None:
     run.add_argument("config", metavar="PRESET_OR_FILE")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, parsed as TOML (repeatable)")
-    run.add_argument("--resume", action="store_true", help="continue from the latest good checkpoint")
+    run.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
+                     help="continue the latest run of this config, or the run named (version_3, or a path), "
+                          "from its latest good checkpoint")
     run.set_defaults(handler=cmd_run)
     cfg = subparsers.add_parser("config", help="print the fully resolved config as TOML")
     cfg.add_argument("config", metavar="PRESET_OR_FILE")

@@ -10,6 +10,9 @@ resumes), ``wall`` (Unix time) and ``phase``:
 - ``"phase"``: the schedule entered another phase (``previous`` names the one that ended);
 - ``"event"``: a plugin reported something as it happened (``name``, e.g. a hybrid
   ``"rollback"``, and its fields);
+- ``"inner"``: progress inside a long step (L-BFGS evaluates its closure many times per step):
+  ``loss`` and ``evaluation`` (the closure's count in this step), at most every ``inner_every``
+  seconds and only once the step has run that long;
 - ``"end"``: the run ended (``status``, and ``error`` when it failed).
 
 A resumed run keeps the records up to the step it resumes from and appends after them, so the
@@ -51,6 +54,7 @@ class JsonlOptions:
 
     every: int = attrs.field(default=0, validator=non_negative)  # train records every N steps; 0: run.log_every
     file: str = attrs.field(default=FILE, validator=inside_run_dir)  # relative to run.out_dir
+    inner_every: float = attrs.field(default=1.0, validator=non_negative)  # s between "inner" records; 0: none
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
@@ -111,6 +115,7 @@ class JsonlMetrics:
 
     def __init__(self, options: JsonlOptions, ctx: Any):
         self.every = options.every or ctx.config.run.log_every
+        self.inner_every = options.inner_every
         self.total = ctx.config.run.steps
         self.path = Path(ctx.out_dir) / options.file
         self.clock = RunClock()
@@ -118,6 +123,7 @@ class JsonlMetrics:
         self._last_train = -1  # step of the last train record written
         self._last_phase: str | None = None
         self._restored_time: float | None = None
+        self._inner = (-1, 0, 0.0, 0.0)  # (step, closure evaluations, its start, last inner record)
 
     # -- state across resumes -------------------------------------------------------------------
 
@@ -158,7 +164,8 @@ class JsonlMetrics:
         """Keep the records up to ``step`` (none for a fresh run), then open for appending."""
         kept: list[dict[str, Any]] = []
         if step > 0 and self.path.exists():
-            kept = [r for r in read_records(self.path) if _step_of(r) <= step]
+            kept = [r for r in read_records(self.path)
+                    if _step_of(r) < step or (_step_of(r) == step and r.get("kind") != "inner")]
         _write_all(self.path, kept)
         if start_clock:
             # Training time goes on from the checkpoint's, or from the last record kept if that
@@ -193,6 +200,22 @@ class JsonlMetrics:
             if key not in RESERVED and key != "name" and value is not None:
                 record[str(key)] = value
         self._write("event", step, trainer.state.phase, record)
+
+    @hookimpl
+    def after_backward(self, trainer: Any, step: int, loss: Any) -> None:
+        # L-BFGS runs its closure many times in one step: inside a step that has run for a while
+        # a record now and then shows its progress (a step that ends quickly writes none).
+        if self._file is None or not self.inner_every:
+            return
+        now = time.perf_counter()
+        seen, count, began, last = self._inner
+        if seen != step:
+            self._inner = (step, 1, now, now)
+            return
+        self._inner = (step, count + 1, began, last)
+        if now - began >= self.inner_every and now - last >= self.inner_every:
+            self._write("inner", step, trainer.state.phase, {"loss": float(loss), "evaluation": count + 1})
+            self._inner = (step, count + 1, began, now)
 
     @hookimpl(trylast=True)
     def post_step(self, trainer: Any, step: int, metrics: Any) -> None:

@@ -8,6 +8,7 @@ tensors, Python numbers or anything else a plugin added; files want plain finite
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -89,3 +90,18 @@ class RunClock:
 
     def now(self) -> float:
         return self._offset + time.perf_counter() - self._t0
+
+
+def flatten_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config as ``{"optimizer.lr": 0.001, ...}``: numbers, strings and booleans as they are,
+    lists as JSON, ``None`` left out (what TensorBoard's HParams and MLflow's params accept)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten_config(value, name))
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        elif value is not None:  # lists and tuples, e.g. betas or stages
+            out[name] = json.dumps(value, default=str)
+    return out

@@ -8,8 +8,10 @@ Writes with ``torch.utils.tensorboard.SummaryWriter`` into ``<run.out_dir>/tenso
   every other scalar number in the step's metrics, every ``every`` steps and at the last step;
 - ``eval/<field>`` for every evaluation metric;
 - text ``phase`` at each change of phase;
-- ``images/<name>`` from a task that has ``images(model) -> {name: uint8 array (H, W, 3)}``,
-  every ``image_every`` evaluations and at the last one;
+- ``images/<name>`` from a task that has ``images(model) -> {name: picture}``, every
+  ``image_every`` evaluations and at the last one: a matplotlib figure (the PINN task's fields,
+  with axes and colour bars) goes through ``add_figure``, a uint8 array (H, W, 3) through
+  ``add_image``;
 - the flattened config as hyperparameters with the final metrics (``hparams/<field>``) at the end.
 
 A resumed run writes a new event file that hides whatever the interrupted run wrote after the
@@ -18,7 +20,6 @@ checkpoint (``purge_step``), so the curves stay continuous. Only rank 0 writes.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +30,7 @@ import attrs
 from phasetrain import Component, hookimpl
 from phasetrain.config import non_negative
 from phasetrain.errors import TrainingFailed
-from phasetrain.plugins.observing import inside_run_dir, is_writer, numeric_fields
+from phasetrain.plugins.observing import flatten_config, inside_run_dir, is_writer, numeric_fields
 
 STATE_KEY = "tensorboard"
 
@@ -46,37 +47,28 @@ class TensorBoardOptions:
 
 @runtime_checkable
 class RendersImages(Protocol):
-    """A task that renders what it computed as images: name -> (H, W, 3) uint8 array."""
+    """A task that renders what it computed as pictures: name -> matplotlib ``Figure`` or
+    (H, W, 3) uint8 array."""
 
     def images(self, model: Any) -> Mapping[str, Any]: ...
 
 
 def check_images(images: Any, task: str) -> dict[str, Any]:
-    """``images`` must map names to uint8 arrays of shape (H, W, 3); a clear error otherwise."""
+    """``images`` must map names to matplotlib figures or uint8 arrays of shape (H, W, 3); a
+    clear error otherwise."""
     import numpy as np
+    from matplotlib.figure import Figure
 
     if not isinstance(images, Mapping):
-        raise TrainingFailed(f"task {task!r}: images() must return a dict of name -> array, got {type(images).__name__}")
+        raise TrainingFailed(f"task {task!r}: images() must return a dict of name -> picture, got {type(images).__name__}")
     for name, array in images.items():
-        ok = isinstance(array, np.ndarray) and array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3
+        ok = isinstance(array, Figure) or (
+            isinstance(array, np.ndarray) and array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3)
         if not ok:
             what = f"{array.dtype} array of shape {array.shape}" if isinstance(array, np.ndarray) else type(array).__name__
-            raise TrainingFailed(f"task {task!r}: images()[{name!r}] must be a uint8 array (H, W, 3), got {what}")
+            raise TrainingFailed(f"task {task!r}: images()[{name!r}] must be a matplotlib Figure or a uint8 array "
+                                 f"(H, W, 3), got {what}")
     return dict(images)
-
-
-def flatten_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Config as ``{"optimizer.lr": 0.001, ...}`` with values TensorBoard's HParams accepts."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out.update(flatten_config(value, name))
-        elif isinstance(value, (bool, int, float, str)):
-            out[name] = value
-        elif value is not None:  # lists and tuples, e.g. betas or stages
-            out[name] = json.dumps(value, default=str)
-    return out
 
 
 class TensorBoard:
@@ -179,6 +171,8 @@ class TensorBoard:
             self._images(trainer, step)
 
     def _images(self, trainer: Any, step: int) -> None:
+        import numpy as np
+
         if not isinstance(trainer.task, RendersImages):
             return
         images = trainer.task.images
@@ -189,8 +183,11 @@ class TensorBoard:
             found = check_images(images(model), trainer.config.task.use)
         finally:
             model.train(was_training)
-        for name, array in found.items():
-            self.writer.add_image(f"images/{name}", array, step, dataformats="HWC")
+        for name, picture in found.items():
+            if isinstance(picture, np.ndarray):
+                self.writer.add_image(f"images/{name}", picture, step, dataformats="HWC")
+            else:  # a matplotlib figure of our own (not pyplot's): nothing to close
+                self.writer.add_figure(f"images/{name}", picture, step, close=False)
 
     @hookimpl
     def train_end(self, trainer: Any, outcome: Any) -> None:

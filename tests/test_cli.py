@@ -92,3 +92,46 @@ def test_a_failure_during_training_exits_1_and_keeps_the_last_checkpoint(tmp_pat
     assert "raised RuntimeError: sensor on fire" in last and "Traceback" not in result.stderr
     assert "== phasetrain summary (failed) ==" in result.stdout
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000005"]
+
+
+def test_version_prints_the_installed_version(capsys):
+    import pytest
+
+    import phasetrain
+    from phasetrain import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"phasetrain {phasetrain.__version__}\n"
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    """``phasetrain presets | head -0``: the reader is gone before anything is written."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "phasetrain", "presets"], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, "")
+
+
+def test_help_shows_a_components_options_with_their_docs(capsys):
+    from phasetrain import cli
+
+    assert cli.main(["help", "observer", "jsonl"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("observer 'jsonl' from phasetrain ")
+    assert "[observers.jsonl]" in out and "  every = 0  (int)" in out
+    assert "train records every N steps; 0: run.log_every" in out  # the option's doc, from its source
+    assert cli.main(["help", "run"]) == 0 and "out_dir = \"runs/default/{version}\"  (str)" in capsys.readouterr().out
+    assert cli.main(["help", "optimizer"]) == 0 and "adam" in capsys.readouterr().out
+    assert cli.main(["help", "optimizer", "adamm"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown optimizer 'adamm'" in err and "did you mean 'adam'" in err

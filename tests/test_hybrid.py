@@ -115,6 +115,7 @@ def test_predicted_steps_run_no_backward_and_take_no_data(quiet):
 def test_confidence_forced_to_zero_is_bitwise_plain_training(quiet):
     plain = phasetrain.Trainer.from_config("regression", [*quiet, "run.steps=60"])
     plain.fit()
+    quiet = [*quiet, f"run.out_dir='{plain.out_dir}-hybrid'"]  # a directory of its own
     never = hybrid(quiet, "schedule.force_confidence=0.0", "schedule.confidence_threshold=0.5")
     never.fit()
     assert never.schedule.predicted_steps == 0

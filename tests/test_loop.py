@@ -67,8 +67,8 @@ def test_training_lowers_the_loss_and_is_deterministic(quiet):
     a = phasetrain.Trainer.from_config("regression", [*quiet, "run.steps=200"])
     first = a.evaluate()["eval_loss"]
     out_a = a.fit()
-    b = phasetrain.Trainer.from_config("regression", [*quiet, "run.steps=200"])
-    out_b = b.fit()
+    b = phasetrain.Trainer.from_config("regression", [*quiet, "run.steps=200", f"run.out_dir='{a.out_dir}-b'"])
+    out_b = b.fit()  # a fresh run refuses a's directory: a run never overwrites another's files
     assert out_a.eval["eval_loss"] < 0.2 * first
     for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
         assert torch.equal(pa, pb)

@@ -214,10 +214,14 @@ class PictureTask(Regression):
     calls = 0
 
     def images(self, model):
+        from matplotlib.figure import Figure
+
         type(self).calls += 1
         assert not model.training
         level = int(torch.sigmoid(next(model.parameters()).detach().sum()).item() * 255)
-        return {"field": np.full((6, 10, 3), level, dtype=np.uint8)}
+        figure = Figure(figsize=(2, 1), dpi=50)  # a figure goes through add_figure
+        figure.add_subplot().plot([0, 1], [0, level])
+        return {"field": np.full((6, 10, 3), level, dtype=np.uint8), "plot": figure}
 
 
 class BrokenPictureTask(Regression):
@@ -268,6 +272,8 @@ def test_tensorboard_writes_scalars_phases_images_and_hparams(tmp_path):
     # Four evaluations (steps 3, 6, 9, 12) and image_every = 2: pictures at the 2nd and 4th.
     assert [e.step for e in acc.Images("images/field")] == [6, 12]
     assert (acc.Images("images/field")[0].width, acc.Images("images/field")[0].height) == (10, 6)
+    assert [e.step for e in acc.Images("images/plot")] == [6, 12]
+    assert (acc.Images("images/plot")[0].width, acc.Images("images/plot")[0].height) == (100, 50)  # 2x1 in at 50 dpi
 
     content = acc.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
@@ -292,7 +298,7 @@ def test_tensorboard_after_a_resume_keeps_one_continuous_curve(tmp_path):
 def test_task_images_of_the_wrong_shape_are_a_clear_error(tmp_path):
     args = overrides(tmp_path, "run.steps=2", "task.use='broken_pictures'", "observers.tensorboard={}")
     trainer = phasetrain.Trainer.from_config("regression", args, plugins=[plugin(PictureTasks())])
-    with pytest.raises(TrainingFailed, match=r"images\(\)\['field'\] must be a uint8 array \(H, W, 3\)"):
+    with pytest.raises(TrainingFailed, match=r"images\(\)\['field'\] must be a matplotlib Figure or a uint8 array \(H, W, 3\)"):
         trainer.fit()
 
 
@@ -315,16 +321,6 @@ def test_progress_is_plain_lines_when_not_a_terminal(tmp_path, capsys):
     assert [line.split()[1] for line in lines] == ["4/8", "8/8"]
     for line in lines:
         assert "[train]" in line and " loss " in line and "steps/s" in line and "ETA" in line
-
-
-def test_progress_is_a_bar_redrawn_in_place_when_asked(tmp_path, capsys):
-    out = console_output(tmp_path, capsys, "observers.console.bar='always'", TWO_PHASES)
-    assert not [line for line in out.splitlines() if line.startswith("step ")]
-    draws = [chunk.split("\n")[0] for chunk in out.split("\r")[1:]]
-    assert draws and all(d.startswith("[") for d in draws)
-    last = draws[-1]
-    assert "8/8" in last and "main" in last and "loss" in last and "steps/s" in last and "ETA" in last
-    assert "phase warm -> main at step 6" in out
 
 
 def test_quiet_console_prints_only_the_summary(tmp_path, capsys):

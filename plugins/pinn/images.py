@@ -1,8 +1,13 @@
-"""Colour images of a PINN's fields on the test grid, for observers that show pictures.
+"""Pictures of a PINN's fields on the test grid: prediction, exact solution and error.
 
-Images are plain ``uint8`` arrays (H, W, 3) so an observer can hand them to any writer
-(TensorBoard's ``add_image(..., dataformats="HWC")``, PNG encoders). The colour ramp is built in
-(a perceptually ordered dark-blue → teal → yellow ramp), so no plotting library is needed.
+One matplotlib figure per output, three panels side by side, each with its axes (the problem's
+input names and box), a colour bar and its value range. Prediction and exact share one colour
+scale so they compare by eye; the error has its own, from 0 to its maximum, and the title says
+how large it is (maximum absolute error and relative L2). TensorBoard's observer sends the
+figures with ``add_figure`` and ``phasetrain report`` saves them as PNGs.
+
+Figures are built with matplotlib's object-oriented API on the Agg canvas, so drawing never
+touches pyplot's global state or needs a display.
 """
 
 from __future__ import annotations
@@ -12,47 +17,66 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-# Anchor colours of the ramp at 0, 0.25, 0.5, 0.75, 1 (dark blue to yellow).
-_ANCHORS = np.array(
-    [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64
-)
-
-
-def colourise(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Map a 2-D array onto the ramp between ``low`` and ``high`` -> (H, W, 3) uint8."""
-    span = high - low if high > low else 1.0
-    unit = np.clip((values - low) / span, 0.0, 1.0) * (len(_ANCHORS) - 1)
-    lower = np.minimum(unit.astype(np.int64), len(_ANCHORS) - 2)
-    frac = (unit - lower)[..., None]
-    rgb = _ANCHORS[lower] * (1 - frac) + _ANCHORS[lower + 1] * frac
-    return np.round(rgb).astype(np.uint8)
+COLOUR_MAP = "viridis"  # perceptually uniform, readable in grey
+ERROR_MAP = "magma"
 
 
 def _as_image(column: Tensor, shape: tuple[int, ...]) -> np.ndarray:
     """Grid values (M,) in C order -> (H, W) with the first input along the image's width."""
-    field = column.numpy().reshape(shape)
+    field = column.detach().cpu().numpy().reshape(shape)
     if field.ndim == 3:  # space-time in 2-D: the slice at the last input's upper bound
         field = field[..., -1]
-    # Rows of the image run along the second input (flipped so that it grows upwards).
-    return field.T[::-1]
+    # Rows of the image run along the second input (drawn with origin="lower": it grows upwards).
+    return field.T
 
 
-def field_images(
-    problem: Any, grid: Tensor, pred: Tensor, exact: Tensor, shape: tuple[int, ...]
-) -> dict[str, np.ndarray]:
-    """``{"<output>/prediction", "<output>/exact", "<output>/error": (H, W, 3) uint8}``.
+def field_figure(name: str, prediction: np.ndarray, exact: np.ndarray, extent: list[float],
+                 labels: tuple[str, str], where: str = "") -> Any:
+    """Three panels (prediction, exact, |error|) of one output, each with a colour bar."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    Prediction and exact share one colour scale so they can be compared by eye; the error has
-    its own, from 0 to its maximum. Problems with other than two or three inputs give ``{}``.
+    fig = Figure(figsize=(12, 3.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3, sharey=True)
+    low, high = float(min(prediction.min(), exact.min())), float(max(prediction.max(), exact.max()))
+    error = np.abs(prediction - exact)
+    norm = float(np.sqrt((exact**2).sum()))
+    rel_l2 = float(np.sqrt(((prediction - exact) ** 2).sum()) / norm) if norm > 0 else float("nan")
+    panels = ((prediction, f"{name}: prediction", COLOUR_MAP, low, high),
+              (exact, f"{name}: exact", COLOUR_MAP, low, high),
+              (error, f"|error|: max {error.max():.3g}, rel. L2 {rel_l2:.3g}", ERROR_MAP, 0.0, float(error.max())))
+    for ax, (values, title, cmap, vmin, vmax) in zip(axes, panels, strict=True):
+        image = ax.imshow(values, origin="lower", extent=extent, aspect="auto", cmap=cmap,
+                          vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-12)
+        fig.colorbar(image, ax=ax, format="%.2g")
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel(labels[0])
+    axes[0].set_ylabel(labels[1])
+    if where:
+        fig.suptitle(where, fontsize="small")
+    return fig
+
+
+def field_images(problem: Any, grid: Tensor, pred: Tensor, exact: Tensor, shape: tuple[int, ...]) -> dict[str, Any]:
+    """``{output name: matplotlib Figure}`` of prediction, exact solution and error on the grid.
+
+    For two inputs the whole grid is shown; for three, the slice at the last input's upper bound
+    (the final time of a space-time problem). Problems with other than two or three inputs, or a
+    grid that is not ``shape``, give ``{}``.
     """
     if len(shape) not in (2, 3) or grid.shape[0] != int(np.prod(shape)):
         return {}
-    out: dict[str, np.ndarray] = {}
-    for i, name in enumerate(problem.output_names):
-        p, e = _as_image(pred[:, i], shape), _as_image(exact[:, i], shape)
-        low, high = float(min(p.min(), e.min())), float(max(p.max(), e.max()))
-        err = np.abs(p - e)
-        out[f"{name}/prediction"] = colourise(p, low, high)
-        out[f"{name}/exact"] = colourise(e, low, high)
-        out[f"{name}/error"] = colourise(err, 0.0, float(err.max()))
-    return out
+    lower, upper = [float(v) for v in problem.lower], [float(v) for v in problem.upper]
+    extent = [lower[0], upper[0], lower[1], upper[1]]
+    names = tuple(problem.input_names)
+    where = f"{names[2]} = {upper[2]:g}" if len(shape) == 3 else ""
+    return {name: field_figure(name, _as_image(pred[:, i], shape), _as_image(exact[:, i], shape), extent,
+                               (names[0], names[1]), where)
+            for i, name in enumerate(problem.output_names)}
+
+
+def to_rgb(figure: Any) -> np.ndarray:
+    """A figure rendered as an RGB array (H, W, 3) uint8."""
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()

@@ -271,26 +271,35 @@ def test_a_third_party_residual_trains_without_changes_to_phasetrain(tmp_path):
 # -- images -------------------------------------------------------------------------------------
 
 
-def test_images_show_prediction_exact_and_error_on_the_grid(tmp_path):
+def test_images_show_prediction_exact_and_error_with_axes_colour_bars_and_the_errors_scale(tmp_path):
     data, sets = burgers(tmp_path, "task.eval_grid=[17, 9]", n=16)
     trainer = phasetrain.Trainer.from_config(data, sets)
-    images = trainer.task.images(trainer.model)
-    assert set(images) == {"u/prediction", "u/exact", "u/error"}
-    for image in images.values():
-        assert image.dtype == np.uint8 and image.shape == (9, 17, 3)
-    # Columns run along x, rows along t upwards: at t = 0, u = -sin(pi x) is 1 at x = -0.5
-    # (column 4 of 17) and -1 at x = 0.5 (column 12), so the bottom row is bright, then dark.
-    bottom = images["u/exact"][-1].astype(int).sum(axis=1)
+    figures = trainer.task.images(trainer.model)
+    assert set(figures) == {"u"}
+    figure = figures["u"]
+    panels = [ax for ax in figure.axes if ax.get_images()]
+    assert len(figure.axes) == 6  # three fields, each with its colour bar
+    assert [ax.get_title().split(":")[0] for ax in panels] == ["u", "u", "|error|"]
+    assert [ax.get_xlabel() for ax in panels] == ["x", "x", "x"] and panels[0].get_ylabel() == "t"
+    prediction, exact, error = (ax.get_images()[0] for ax in panels)
+    assert exact.get_extent() == [-1.0, 1.0, 0.0, 1.0] and exact.get_array().shape == (9, 17)
+    assert prediction.get_clim() == exact.get_clim()  # one scale for both
+    assert error.get_clim() == (0.0, pytest.approx(float(error.get_array().max())))
+    assert f"max {float(error.get_array().max()):.3g}" in panels[2].get_title()
+    # Rows run along t upwards from t = 0, where u = -sin(pi x) is 1 at x = -0.5 (column 4 of 17)
+    # and -1 at x = 0.5 (column 12).
+    bottom = exact.get_array()[0]
     assert bottom[4] > bottom[8] > bottom[12]
 
 
 def test_field_images_of_a_perfect_prediction_show_no_error():
-    from phasetrain.plugins.pinn.images import colourise, field_images
+    from phasetrain.plugins.pinn.images import field_images, to_rgb
 
     problem = PROBLEMS["poisson2d"]()
     grid = torch.cartesian_prod(torch.linspace(0, 1, 6), torch.linspace(0, 1, 4)).double()
     exact = problem.exact(grid)
-    images = field_images(problem, grid, exact.clone(), exact, (6, 4))
-    assert np.array_equal(images["u/prediction"], images["u/exact"])
-    assert (images["u/error"] == colourise(np.zeros(1), 0.0, 0.0)[0]).all()
-    assert images["u/exact"].shape == (4, 6, 3)
+    figure = field_images(problem, grid, exact.clone(), exact, (6, 4))["u"]
+    prediction, same, error = (ax.get_images()[0] for ax in figure.axes if ax.get_images())
+    assert np.array_equal(prediction.get_array(), same.get_array()) and prediction.get_array().shape == (4, 6)
+    assert not error.get_array().any() and "max 0," in [ax for ax in figure.axes if ax.get_images()][2].get_title()
+    assert to_rgb(figure).shape == (360, 1200, 3)  # 12 x 3.6 inches at 100 dpi
