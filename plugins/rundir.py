@@ -222,6 +222,8 @@ def _drop_if_unused(path: Path) -> None:
 @hookimpl(trylast=True)
 def run_dir(trainer: Any, config: Any, resume: bool | str) -> Path:
     out_dir = config.run.out_dir
+    if not out_dir.strip() or "\0" in out_dir:  # "" would mean the working directory
+        raise BadInput(f"run.out_dir: must name a directory, got {out_dir!r}")
     try:
         path = resolve(out_dir, resume)
     except ValueError as exc:
@@ -255,7 +257,11 @@ def train_start(trainer: Any) -> Any:
 
 def _claim(trainer: Any, claim: Claim) -> None:
     path, continuing = claim.path, trainer.resumed_from is not None or trainer.state.step > 0
-    path.mkdir(parents=True, exist_ok=True)
+    try:  # checkpoints/ too: a path that cannot hold a run directory fails here, before any file is written
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"run.out_dir: cannot make the run directory {str(path)!r} ({exc.filename or path}: "
+                       f"{exc.strerror or exc})") from None
     claim.lock.acquire()
     try:
         if not claim.started and not continuing and holds_a_run(path):
