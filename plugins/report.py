@@ -227,10 +227,14 @@ def draw_fields(run_dir: Path) -> list[Path]:
         state = load_checkpoint(run_dir)
     except CheckpointError:
         return []
-    cfg = config_mod.build(state["meta"]["config"], source=str(run_dir))
-    cfg.run.device = "cpu"
-    cfg.sections = {k: v for k, v in cfg.sections.items() if not isinstance(v, dict)}  # no observers
-    trainer = Trainer(cfg, run_dir=run_dir)
+    try:  # a run directory from elsewhere may name code: the report never runs it (trust_code=False)
+        cfg = config_mod.build(state["meta"]["config"], overrides=["strategy={use='single'}"], source=str(run_dir))
+        cfg.run.device = "cpu"
+        cfg.sections = {k: v for k, v in cfg.sections.items() if not isinstance(v, dict)}  # no observers
+        trainer = Trainer(cfg, run_dir=run_dir, trust_code=False, model_only=True)
+    except BadInput as exc:
+        print(f"phasetrain: report: no fields for {run_dir}: {exc}", file=sys.stderr)
+        return []
     if not isinstance(trainer.task, RendersImages):
         return []
     trainer.model.load_state_dict(state["model"])

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import phasetrain
+from phasetrain.plugins.store import meta_checksum
 from phasetrain import hookimpl
 from phasetrain.errors import BadInput, CheckpointError, ConfigError
 from phasetrain.plugins.supervised import imports
@@ -150,6 +151,7 @@ def crafted(tmp_path, monkeypatch):
     checkpoint = next((tmp_path / "crafted" / "checkpoints").glob("step-*"))
     meta = json.loads((checkpoint / "meta.json").read_text())
     meta["config"]["task"].update(model="os:system", model_args={"command": f"touch {marker}"})
+    meta["meta_sha256"] = meta_checksum(meta)  # an attacker re-seals the file: a checksum is no signature
     (checkpoint / "meta.json").write_text(json.dumps(meta))
     monkeypatch.setattr(imports, "_OWN", set())  # a fresh process: nothing trained with yet
     return tmp_path / "crafted", marker
