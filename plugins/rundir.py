@@ -28,6 +28,7 @@ torch.distributed the main process chooses and locks; the others follow its choi
 from __future__ import annotations
 
 import contextlib
+import errno
 import datetime
 import fcntl
 import json
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from phasetrain import hookimpl
-from phasetrain.errors import BadInput, ConfigError
+from phasetrain.errors import BadInput, ConfigError, TrainingFailed
 
 VERSION = "{version}"
 LATEST = "latest"
@@ -181,10 +182,10 @@ class Lock:
         self.took_over = previous or None
         mine = {"pid": os.getpid(), "host": host, "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                 "argv": sys.argv}
+        self.fd = fd  # held from here on: release() closes it whatever happens next
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(mine).encode(), 0)
         os.fsync(fd)
-        self.fd = fd
 
     def release(self) -> None:
         if self.fd is None:
@@ -251,7 +252,14 @@ def holds_a_run(path: Path) -> bool:
 def train_start(trainer: Any) -> Any:
     claim = _claims.get(trainer)
     if claim is not None and trainer.strategy.main:
-        _claim(trainer, claim)
+        try:
+            _claim(trainer, claim)
+        except OSError as exc:  # a full disk, a read-only or unusable directory: one line, nothing half-written
+            claim.lock.release()
+            where = f"{exc.filename or claim.path}: {exc.strerror or exc}"
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+                raise TrainingFailed(f"cannot write the run directory ({where}); its checkpoints are kept") from None
+            raise BadInput(f"run.out_dir: cannot write in {str(claim.path)!r} ({where})") from None
     return (yield)
 
 

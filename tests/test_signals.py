@@ -168,7 +168,7 @@ def test_a_signal_once_training_has_started_checkpoints_and_exits_0_with_a_runna
     assert code == 0, stderr
     assert (out / "checkpoints" / "step-00000000" / "state.pt").exists()
     hint = shlex.split(stdout.split("resume with:")[1].strip().splitlines()[0])
-    assert hint[:3] == [sys.executable, "-m", "phasetrain"] and hint[-1] == "--resume"
+    assert hint[:3] == [sys.executable, "-m", "phasetrain"] and hint[-2:] == ["--resume", str(out)]
     assert f"run.out_dir='{out}'" in hint
     result = subprocess.run(hint, capture_output=True, text=True, timeout=300)  # pasted back, it resumes
     assert result.returncode == 0 and "resuming from" in result.stdout, result.stderr

@@ -247,8 +247,8 @@ def test_a_full_disk_for_the_metrics_file_fails_cleanly(quiet, monkeypatch, caps
     rc = cli.main(["run", "regression", *[w for s in [*quiet, *STEPS, "run.steps=9"] for w in ("--set", s)], "--resume"])
     monkeypatch.undo()
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1 and err[-1].startswith(f"phasetrain: training failed: {trainer.out_dir / 'metrics.jsonl'}: cannot write")
-    assert "No space left on device" in err[-1]
+    assert rc == 1 and err[-1].startswith("phasetrain: training failed: ") and "cannot write" in err[-1]
+    assert str(trainer.out_dir) in err[-1] and "No space left on device" in err[-1]
     assert [p.name for p in trainer.out_dir.iterdir() if ".tmp" in p.name] == []
 
 
@@ -260,7 +260,7 @@ def test_a_read_only_run_directory_exits_2_before_training(quiet, monkeypatch, c
     for resume in ([], ["--resume"]):
         rc = cli.main(["run", "regression", *[w for s in [*quiet, *STEPS, "run.steps=9"] for w in ("--set", s)], *resume])
         err = capsys.readouterr().err.strip().splitlines()
-        assert rc == 2 and err[-1].startswith("phasetrain: error: run.out_dir: cannot write checkpoints in "), err
+        assert rc == 2 and err[-1].startswith("phasetrain: error: run.out_dir: cannot write"), err
         assert "Read-only file system" in err[-1]
     monkeypatch.undo()
     assert {p: p.read_bytes() for p in trainer.out_dir.rglob("*") if p.is_file()} == before
