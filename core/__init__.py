@@ -3,7 +3,7 @@
 The public surface::
 
     phasetrain.Trainer.from_config("regression", ["run.steps=100"]).fit()
-    phasetrain.load_checkpoint(run_dir)      # plain containers of tensors
+    phasetrain.load_checkpoint(run_dir)      # plain containers of tensors      (the reading plugin)
     phasetrain.load_model(run_dir)           # the trained nn.Module, in eval mode
     phasetrain.fit(MyNet(), train_set, val_data=val_set)   # from the supervised plugin
     phasetrain.hookimpl                      # mark a plugin's hook implementations
@@ -23,8 +23,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
 
-_LAZY = {"Trainer": "loop", "load_checkpoint": "checkpoint", "load_model": "checkpoint", "Config": "config",
-         "Phase": "types", "Outcome": "types", "TrainState": "types"}
+_LAZY = {"Trainer": "loop", "Config": "config", "Phase": "types", "Outcome": "types", "TrainState": "types"}
 
 
 def __getattr__(name: str):  # the heavier modules load on first use; plugins add functions
@@ -33,7 +32,8 @@ def __getattr__(name: str):  # the heavier modules load on first use; plugins ad
     if name in _LAZY:
         return getattr(importlib.import_module(f"phasetrain.{_LAZY[name]}"), name)
     for functions in [] if name.startswith("_") else _load_registry().plugin_manager().hook.phasetrain_api():
-        if name in functions:
+        if name in functions:  # load_checkpoint and load_model (plugins/reading.py), fit (supervised), ...
+            globals()[name] = functions[name]
             return functions[name]
     raise AttributeError(f"module 'phasetrain' has no attribute {name!r}")
 

@@ -30,12 +30,6 @@ def _resolve(caller: pluggy.HookCaller) -> Callable[..., Any]:
     calls = [(impl.function, tuple(impl.argnames)) for impl in reversed(impls)]
     firstresult = bool(caller.spec and caller.spec.opts.get("firstresult"))
 
-    if len(calls) == 1:
-        function, argnames = calls[0]
-        if firstresult:
-            return lambda **kwargs: function(*[kwargs[name] for name in argnames])
-        return lambda **kwargs: [r] if (r := function(*[kwargs[name] for name in argnames])) is not None else []
-
     def loop(**kwargs: Any) -> Any:
         results = []
         for function, argnames in calls:

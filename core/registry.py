@@ -22,7 +22,7 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import pluggy
@@ -126,8 +126,7 @@ class PluginInfo:
         return f"plugin {self.name!r} from {self.distribution} {self.version}".rstrip()
 
 
-@attrs.frozen
-class Registered:
+class Registered(NamedTuple):
     """A component together with the plugin that contributed it."""
 
     component: Component

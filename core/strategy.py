@@ -36,36 +36,16 @@ class SingleProcess:
     """One process: no wrapping, no splitting, every agreement is with oneself."""
 
     rank, size, local_rank, main = 0, 1, 0, True
+    wrap = shard = mean = any = staticmethod(lambda value: value)  # the model, the batch, the loss, a flag
+    gather = staticmethod(lambda obj: [obj])
+    no_sync = staticmethod(lambda module: contextlib.nullcontext())
+    barrier = close = staticmethod(lambda: None)
 
     def __init__(self, options: Any = None, ctx: Any = None):
         pass
 
     def device(self, name: str) -> torch.device:
         return resolve_device(name)
-
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model
-
-    def shard(self, batch: Any) -> Any:
-        return batch
-
-    def no_sync(self, module: torch.nn.Module) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
-
-    def mean(self, value: torch.Tensor) -> torch.Tensor:
-        return value
-
-    def any(self, flag: bool) -> bool:
-        return flag
-
-    def gather(self, obj: Any) -> list[Any]:
-        return [obj]
-
-    def barrier(self) -> None:
-        """Nothing to wait for."""
-
-    def close(self) -> None:
-        """Nothing to leave."""
 
 
 @hookimpl

@@ -127,20 +127,15 @@ class Optimizer(Protocol):
 
 
 @runtime_checkable
-class Stateful(Protocol):
-    """Anything whose state goes into checkpoints: learning-rate schedules, for one."""
+class LrSchedule(Protocol):
+    """``[lr_schedule]``: a ``torch.optim.lr_scheduler`` scheduler; the loop steps it once after
+    every real step of its optimizer, and its state goes into checkpoints."""
+
+    def step(self) -> None: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-@runtime_checkable
-class LrSchedule(Stateful, Protocol):
-    """``[lr_schedule]``: a ``torch.optim.lr_scheduler`` scheduler; the loop steps it once after
-    every real step of its optimizer."""
-
-    def step(self) -> None: ...
 
 
 @runtime_checkable

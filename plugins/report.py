@@ -216,7 +216,7 @@ def draw_fields(run_dir: Path) -> list[Path]:
     from matplotlib.figure import Figure
 
     from phasetrain import config as config_mod
-    from phasetrain.checkpoint import load_checkpoint
+    from phasetrain.plugins.reading import load_checkpoint
     from phasetrain.errors import CheckpointError
     from phasetrain.loop import Trainer
     from phasetrain.plugins.tensorboard import RendersImages

@@ -1,4 +1,5 @@
-"""Reading a run back: ``load_checkpoint`` and ``load_model``, through the run's ``[store]``.
+"""Reading a run back: ``phasetrain.load_checkpoint`` and ``phasetrain.load_model``, through the
+stores. This plugin adds both to the ``phasetrain`` namespace with the ``phasetrain_api`` hook.
 
 Writing, retention and finding the newest good checkpoint are the store component's job
 (``phasetrain.types.Store``; the default ``local`` store keeps atomic, checksummed directories
@@ -15,6 +16,7 @@ from typing import Any
 import attrs
 import torch
 
+from phasetrain import hookimpl
 from phasetrain.errors import BadInput, CheckpointError
 from phasetrain.registry import load_registry
 
@@ -80,3 +82,8 @@ def load_model(run_dir: str | Path, model: torch.nn.Module | None = None, *, whi
     trainer.model.load_state_dict(state["model"])
     task = trainer.task
     return (task.export_model(trainer.model) if isinstance(task, ExportsModel) else trainer.model).eval()
+
+
+@hookimpl
+def phasetrain_api() -> dict[str, Any]:
+    return {"load_checkpoint": load_checkpoint, "load_model": load_model}
