@@ -357,7 +357,8 @@ def train_error(trainer: Trainer, step: int, error: BaseException) -> None:
 
 @hookspec
 def train_end(trainer: Trainer, outcome: Outcome) -> None:
-    """The run ended. ``outcome.status`` is ``"completed"``, ``"interrupted"`` or ``"failed"``.
+    """The run ended. ``outcome.status`` is ``"completed"``, ``"stopped"`` (a plugin ended it early as
+    planned: early stopping), ``"interrupted"`` (a signal or another stop request) or ``"failed"``.
 
     Fires once per ``fit()``, after the final checkpoint, also when training failed (then
     ``outcome.error`` says why). Loggers flush and close here and print their summary.

@@ -206,11 +206,12 @@ class Trainer:
 
     # -- requests: hooks ask, the loop applies them between steps ----------------------------------
 
-    def request_stop(self) -> None:
-        """Stop after the current step: the run evaluates, checkpoints and ends "interrupted"."""
-        self._stop = True
+    def request_stop(self, status: str = "interrupted") -> None:
+        """Stop after the current step: the run evaluates, checkpoints and ends with ``status``
+        (``"interrupted"``; early stopping, which ends a run as planned, says ``"stopped"``)."""
+        self._stop = status
 
-    stop_requested = property(lambda self: self._stop, lambda self, value: setattr(self, "_stop", bool(value)),
+    stop_requested = property(lambda self: bool(self._stop), lambda self, value: self.request_stop() if value else None,
                               doc="whether a stop was requested (setting it is request_stop(), as in 0.1)")
 
     def request_skip_step(self) -> None:
@@ -273,7 +274,7 @@ class Trainer:
                     self.evaluate()
                 if self._save_now or (run.checkpoint_every and state.step % run.checkpoint_every == 0):
                     self.save_checkpoint()
-            status = "interrupted" if self._stop else status
+            status = self._stop or status
             if self._evaluated != state.step:
                 self.evaluate()
             if self._saved != state.step or self._save_now:  # a request from the final evaluation too
@@ -304,8 +305,8 @@ class Trainer:
     def _agree_stop(self) -> bool:
         # A signal may reach processes at different steps: they agree to stop at the same one,
         # at a real step (steps of other phases exchange nothing).
-        if self.strategy.size > 1 and (self.phase is None or self.phase.real):
-            self._stop = self.strategy.any(self._stop)
+        if self.strategy.size > 1 and (self.phase is None or self.phase.real):  # the status of this process's request
+            self._stop = (self._stop or "interrupted") if self.strategy.any(bool(self._stop)) else False
         return self._stop
 
     def _blame(self, exc: BaseException) -> BaseException:

@@ -57,7 +57,7 @@ class TrainState:
 class Outcome:
     """How a run ended."""
 
-    status: str  # "completed", "interrupted" or "failed"
+    status: str  # "completed", "stopped" (ended early as planned), "interrupted" or "failed"
     steps: int
     seconds: float
     metrics: dict[str, Any] = attrs.field(factory=dict)  # last step's metrics, as numbers

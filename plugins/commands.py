@@ -49,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             outcome = trainer.fit()
         finally:
             trainer.strategy.close()
-    return 0 if outcome.status in ("completed", "interrupted") else 1
+    return 0 if outcome.status in ("completed", "stopped", "interrupted") else 1
 
 
 def command_line(args: argparse.Namespace, *extra: str) -> str:

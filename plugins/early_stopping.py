@@ -2,7 +2,7 @@
 
 After every evaluation (``eval_end``) it reads the monitored metric; when ``patience``
 evaluations in a row have not improved on the best value by more than ``min_delta``, it asks the
-loop to stop (``trainer.request_stop()``) and fires an ``early_stop`` event. The loop then
+loop to stop (``trainer.request_stop("stopped")``) and fires an ``early_stop`` event. The loop then
 finishes the step, checkpoints and ends the run with status ``"interrupted"`` (stopped before
 ``run.steps``). Under torchrun every process sees the same metrics (they are computed over the
 whole validation set), so all stop at the same step. Its state (best value, evaluations waited)
@@ -86,7 +86,7 @@ class Patience:
     def eval_end(self, trainer: Any, step: int, metrics: Mapping[str, Any]) -> None:
         value = monitored(metrics, self.options.monitor, f"{KEY}.monitor", self.source)
         if self.plateau.update(value) and not trainer.stop_requested:
-            trainer.request_stop()
+            trainer.request_stop("stopped")
             o = self.options
             trainer.pm.hook.event(
                 trainer=trainer, step=step, name="early_stop",

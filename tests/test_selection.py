@@ -100,7 +100,7 @@ def test_early_stopping_stops_at_the_expected_step_also_after_a_resume(tmp_path)
             events.append((name, step))
 
     _trainer, whole = run(tmp_path, SCORES, EARLY, plugins=[Events()], name="whole")
-    assert whole.status == "interrupted" and whole.steps == 16  # best 0.9 at step 10; 3 evaluations below it
+    assert whole.status == "stopped" and whole.steps == 16  # best 0.9 at step 10; 3 evaluations below it
     assert events == [("early_stop", 16)]
     run(tmp_path, SCORES, EARLY, plugins=[StopAt(12)], name="split")
     _trainer, resumed = run(tmp_path, SCORES, EARLY, resume=True, name="split")

@@ -38,7 +38,7 @@ from phasetrain.config import non_negative, positive
 from phasetrain.plugins.observing import flatten_config, is_writer, numeric_fields
 
 STATE_KEY = "mlflow"
-STATUS = {"completed": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}
+STATUS = {"completed": "FINISHED", "stopped": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}
 
 
 @attrs.define
