@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from phasetrain.config import FieldValueError, at_least, in_range, non_negative, positive
+from phasetrain.config import FieldValueError, at_least, in_range, non_negative, one_of, positive
 
 # ---------------------------------------------------------------------------------------------
 # Problems
@@ -120,6 +120,9 @@ class AllenCahnOptions:
     """``u_t - eps u_xx + 5 u^3 - 5 u = 0`` on x in [-1, 1] (periodic), t in [0, 1]; input order (x, t)."""
 
     eps: float = attrs.field(default=1e-4, validator=in_range(1e-5, 1.0))  # diffusion
+    # What task.hard_constraints builds in: "initial" (u = x^2 cos(pi x) + t (1 - x^2) N, so the
+    # initial condition and u(+-1, t) = -1) or "periodic" (x only through cos/sin(pi k x)).
+    hard: str = attrs.field(default="initial", validator=one_of("initial", "periodic"))
 
 
 @attrs.define

@@ -124,8 +124,8 @@ class Problem:
     residual_tolerance: float = 1e-9
     reference: ClassVar[bool] = False
     unknowns: Mapping[str, Unknown] = {}  # read-only; a problem with unknowns sets its own
-    periodic_inputs: ClassVar[tuple[int, ...]] = ()
-    hard_conditions: ClassVar[tuple[str, ...]] = ()
+    periodic_inputs: tuple[int, ...] = ()
+    hard_conditions: tuple[str, ...] = ()
 
     def __init__(self, **params: Any) -> None:
         #: The keyword arguments this instance was built with (for logging/checkpoints).
