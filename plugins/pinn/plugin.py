@@ -77,7 +77,8 @@ def _task(options: Any, ctx: Any) -> Any:
 
 @runtime_checkable
 class Residual(Protocol):
-    """A ``[residual]`` component: a PDE on a box (see :class:`.problem_base.Problem`)."""
+    """A ``[residual]`` component: a PDE on a domain (see :class:`.problem_base.Problem`, which the
+    ``pinn`` task expects: its input names, domain, unknowns and hard constraints)."""
 
     lower: Any
     upper: Any

@@ -1,14 +1,15 @@
 """The ``pinn`` task: a physics-informed MLP trained on a ``[residual]`` with a ``[sampler]``.
 
 The loss is a weighted sum of mean squared residuals, one term for the PDE on the sampler's
-collocation points and one per initial/boundary condition on points drawn once from the run
-seed::
+collocation points and one per condition on rows drawn once from the run seed::
 
-    loss = w_pde * mean_i |r(x_i)|^2 + sum_c w_c * mean_j |r_c(x_j)|^2
+    loss = w_pde * mean_i |r(x_i)|^2 + sum_c w_c * mean_j |r_c(row_j)|^2
 
-(``|.|^2`` sums over residual components). Evaluation reports the same composite loss on the
-current points (``eval_loss``) and the relative L2 error against the problem's exact solution
-on a fixed tensor-product grid (``rel_l2``, plus ``rel_l2_<output>`` for several outputs).
+(``|.|^2`` sums over residual components; a condition's row may hold several points, such as a
+periodic pair, and data, such as normals). With ``causal_epsilon`` the PDE term is weighted over
+time bins (:mod:`.causal`); with ``hard_constraints`` the network satisfies some conditions
+exactly and they leave the loss; a problem's unknown coefficients are trainable parameters of
+the model (:mod:`.inverse`). Evaluation is in :mod:`.evaluation`.
 
 Memory is bounded by chunking:
 
@@ -22,8 +23,9 @@ Memory is bounded by chunking:
 
 The task takes part in the run's hooks: ``pre_step`` lets the sampler update its points
 (adaptive samplers get the residual magnitudes of their candidates), ``post_step`` adds the
-per-term mean squared residuals to the step's metrics, and ``checkpoint``/``restore`` carry the
-sampler's state (its points, generator and counters) under ``"pinn_sampler"``.
+per-term mean squared residuals (and the unknowns' values) to the step's metrics, and
+``checkpoint``/``restore`` carry the sampler's state (its points, generator and counters) under
+``"pinn_sampler"`` and the causal bin losses under ``"pinn_causal"``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any, NamedTuple
 
 import attrs
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -42,8 +43,9 @@ from phasetrain.config import FieldValueError, non_negative, one_of, positive
 from phasetrain.errors import BadInput, ConfigError
 
 from .causal import CausalWeights
+from .evaluation import Evaluation
 from .network import ACTIVATIONS, PINNNet
-from .problem_base import Condition, relative_l2, test_grid
+from .problem_base import Condition
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -102,7 +104,7 @@ class PINNBatch(NamedTuple):
     part: int  # which of the step's micro-batches: the first restarts the per-term metrics
 
 
-class PINN:
+class PINN(Evaluation):
     """Model, points, loss and evaluation of a PINN (see the module docstring)."""
 
     def __init__(self, options: PINNOptions, ctx: Any):
@@ -240,91 +242,6 @@ class PINN:
                 r = self.terms[0].evaluate(model, self._place(chunk)).detach()
                 out.append(r.reshape(r.shape[0], -1).norm(dim=1).to("cpu", torch.float64))
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
-
-    def _mean_squares(self, model: nn.Module) -> dict[str, float]:
-        """Mean squared residual of every term over its whole point set, chunked."""
-        out = {}
-        with torch.enable_grad():
-            for term, rows in zip(self.terms, [self.points, *self.condition_points], strict=True):
-                total = 0.0
-                for chunk in rows.split(self.options.residual_chunk):  # whole rows: groups stay together
-                    total += float(term.evaluate(model, chunk).detach().double().square().sum())
-                out[term.name] = total / max(1, rows.shape[0])
-        return out
-
-    def grid(self) -> tuple[Tensor, Tensor | None]:
-        """The fixed test grid inside the domain (M, d) and the exact solution on it (M, n_out),
-        float64 on CPU; ``None`` for a problem without an exact or reference solution."""
-        if self._grid is None:
-            full, inside = self._full_grid()
-            grid = full if inside is None else full[inside]
-            try:
-                with torch.no_grad():
-                    exact = self.problem.exact(grid).reshape(grid.shape[0], -1)
-            except NotImplementedError:  # a residual plugin without an exact or reference solution
-                exact = None
-            self._grid, self._exact = grid, exact
-        return self._grid, self._exact
-
-    def _full_grid(self) -> tuple[Tensor, Tensor | None]:
-        """The tensor-product grid over the box and which of its points are in the domain."""
-        size = self.options.eval_grid or None
-        if size is not None and len(size) == 1:
-            size = size[0]
-        try:
-            full = test_grid(self.problem, size)
-        except ValueError as exc:
-            raise BadInput(f"task.eval_grid: {exc}") from None
-        return full, None if self.problem.is_box else self.problem.domain.inside(full)
-
-    def predict(self, model: nn.Module, points: Tensor) -> Tensor:
-        """``model(points)`` (M, n_out) float64 on CPU, in chunks of ``eval_chunk``, no autograd."""
-        with torch.no_grad():
-            parts = [model(self._place(c)).to("cpu", torch.float64) for c in points.split(self.options.eval_chunk)]
-        return torch.cat(parts)
-
-    def evaluate(self, model: nn.Module) -> dict[str, Any]:
-        mse = self._mean_squares(model)
-        results: dict[str, Any] = {"eval_loss": sum(w * mse[n] for n, w in zip(self.names, self.weights, strict=True))}
-        grid, exact = self.grid()
-        if exact is not None:
-            pred = self.predict(model, grid)
-            results["rel_l2"] = relative_l2(pred, exact)
-            if pred.shape[1] > 1:
-                for i, name in enumerate(self.problem.output_names):
-                    results[f"rel_l2_{name}"] = relative_l2(pred[:, i], exact[:, i])
-        results.update({f"mse_{name}": value for name, value in mse.items()})
-        results["points"] = self.points.shape[0]
-        if self.unknowns is not None:
-            results.update({f"coef_{name}": value for name, value in self.unknowns.values().items()})
-            results.update({f"coef_{name}_error": value for name, value in self.unknowns.errors().items()})
-        return results
-
-    def images(self, model: nn.Module) -> dict[str, np.ndarray]:
-        """Prediction, exact solution and absolute error per output as RGB images (H, W, 3) uint8.
-
-        For two inputs the whole test grid is shown; for three, the slice at the last input's
-        upper bound (the final time of a space-time problem). Other problems give no images;
-        without an exact solution, only the prediction. Points of the bounding box outside the
-        domain show the lowest value of the colour scale and no error.
-        """
-        from .images import field_images
-
-        grid, exact = self.grid()
-        full, inside = self._full_grid()
-        pred = self.predict(model, full)
-        truth = pred.clone()
-        if exact is not None:
-            truth[slice(None) if inside is None else inside] = exact
-        if inside is not None:
-            floor = torch.minimum(pred[inside].min(dim=0).values, truth[inside].min(dim=0).values)
-            pred[~inside], truth[~inside] = floor, floor
-        images = field_images(self.problem, full, pred, truth, self._grid_shape())
-        return images if exact is not None else {k: v for k, v in images.items() if k.endswith("/prediction")}
-
-    def _grid_shape(self) -> tuple[int, ...]:
-        size = self.options.eval_grid or list(self.problem.default_grid)
-        return tuple(size * self.problem.input_dim if len(size) == 1 else size)
 
     def export_model(self, model: nn.Module) -> nn.Module:
         """The model as saved: it already maps raw coordinates to the solution."""

@@ -39,7 +39,7 @@ def _data(residual, **task):
 
 def test_hard_constraints_satisfy_their_conditions_exactly_and_leave_the_loss(tmp_path):
     trainer = phasetrain.Trainer.from_config(_data("burgers", hard_constraints=True), _sets(tmp_path))
-    task, model = trainer.task, trainer.model
+    task = trainer.task
     assert task.weights[task.names.index("initial")] == task.weights[task.names.index("boundary")] == 0.0
     metrics = trainer.evaluate()
     assert metrics["mse_initial"] < 1e-28 and metrics["mse_boundary"] < 1e-28  # the network, untrained
