@@ -14,6 +14,7 @@ evaluation), so one step's objective is fixed however many times L-BFGS evaluate
 micro-batch needs no statistics of the others: each point's factor ``w_i / (M N_i)`` is known
 before the step, and the accumulated gradient is still the full-batch gradient. The first step
 (and the first after a resume without saved losses) measures the bin losses in a pass of its own.
+Weights below ``NEGLIGIBLE`` are taken as 0.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+#: Weights below this are 0 (measured on Allen-Cahn: a run with weights near 1e-13 took 3x the
+#: time per step, its backward spent in subnormal float32 numbers).
+NEGLIGIBLE = 1e-8
 
 
 class CausalWeights:
@@ -46,7 +51,10 @@ class CausalWeights:
         if self.losses is None:
             return
         earlier = torch.cat([torch.zeros(1, dtype=torch.float64), self.losses.cumsum(0)[:-1]])
-        self.weights = torch.exp(-self.epsilon * earlier)
+        weights = torch.exp(-self.epsilon * earlier)
+        # A weight this small changes nothing, but its products in the double backward of the
+        # residual fall below float32's normal range, where CPU arithmetic is many times slower.
+        self.weights = torch.where(weights < NEGLIGIBLE, 0.0, weights)
         self.factor_device = None
 
     def factors(self, like: Tensor) -> Tensor:

@@ -74,11 +74,16 @@ def test_causal_weights_follow_the_formula_of_wang_et_al():
     torch.testing.assert_close(causal.losses, torch.tensor([1.0, 3.0, 0.0, 1.0], dtype=torch.float64))
     causal.update()
     expected = torch.exp(-2.0 * torch.tensor([0.0, 1.0, 4.0, 4.0], dtype=torch.float64))
+    assert float(CausalWeights(10.0, 4, 0.0, 1.0, 1).weights.min()) == 1.0  # before any losses
     torch.testing.assert_close(causal.weights, expected)
     # Summed with the squared residuals, the factors are (1/M) sum_i w_i L_i.
     factors = causal.factors(torch.zeros(5, dtype=torch.float64))
     squares = torch.tensor([1.0, 2.0, 4.0, 0.5, 1.5], dtype=torch.float64)
     assert float((factors * squares).sum()) == pytest.approx(float((expected * causal.losses).sum() / 4))
+    # Weights that could only slow float32 arithmetic down (subnormal products) are 0.
+    causal.epsilon = 10.0
+    causal.update()
+    assert causal.weights.tolist() == [1.0, pytest.approx(math.exp(-10.0)), 0.0, 0.0]
 
 
 @FAST
