@@ -137,3 +137,21 @@ def test_bad_geometries_are_refused():
         Polygon([(0, 0), (1, 1), (2, 2)])
     with pytest.raises(ValueError, match="do not overlap"):
         Intersection(Rectangle((0, 0), (1, 1)), Rectangle((2, 2), (3, 3)))
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "sobol", "lhs", "rad", "rar-d"])
+def test_every_sampler_stays_inside_any_geometry_through_its_updates(sampler):
+    from phasetrain.plugins.pinn.samplers import SAMPLERS
+
+    field = lambda x: torch.exp(-10 * (x**2).sum(dim=1))  # noqa: E731  (a residual peaked at the origin)
+    options = {"rad": {"every": 1, "pool_factor": 2.0}, "rar-d": {"every": 1, "add": 7, "pool_factor": 2.0},
+               **{static: {"resample_every": 1} for static in ("uniform", "sobol", "lhs")}}
+    for name in ("annulus", "difference", "nested", "space-time"):
+        region = GEOMETRIES[name]()
+        made = SAMPLERS[sampler](region.lower, region.upper, 50, 7, region=region, **options.get(sampler, {}))
+        again = SAMPLERS[sampler](region.lower, region.upper, 50, 7, region=region, **options.get(sampler, {}))
+        assert made.points().shape == (50, region.dim)
+        for step in range(1, 4):
+            made.update(step, field), again.update(step, field)
+            assert bool(region.inside(made.points()).all()), (name, step)
+        assert made.points().shape[0] >= 50 and torch.equal(made.points(), again.points())
