@@ -9,8 +9,8 @@ outputs ``u`` have shape ``(N, n_out)`` with columns ``problem.output_names``.
 
 from __future__ import annotations
 
-import math
 import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -126,6 +126,7 @@ class Problem:
     unknowns: Mapping[str, Unknown] = {}  # read-only; a problem with unknowns sets its own
     periodic_inputs: tuple[int, ...] = ()
     hard_conditions: tuple[str, ...] = ()
+    _bound: Unknowns | None = None  # the trainable unknowns, once the task binds them
 
     def __init__(self, **params: Any) -> None:
         #: The keyword arguments this instance was built with (for logging/checkpoints).
@@ -157,9 +158,8 @@ class Problem:
 
     def coefficient(self, name: str) -> Tensor | float:
         """The current value of unknown ``name``: trainable once bound, the true value before."""
-        bound = getattr(self, "_bound", None)
-        if bound is not None:
-            return bound.value(name)
+        if self._bound is not None:
+            return self._bound.value(name)
         true = self.unknowns[name].true
         if true is None:
             raise ValueError(f"{self.name}: unknown {name!r} has no true value and is not bound to a model")
