@@ -102,7 +102,7 @@ def child(preset: str, overrides: list[str]) -> dict:
         "stages": {s.name: s.steps for s in cfg.schedule.options.stages},
         "wall_s": outcome.seconds,
         "rel_l2": outcome.eval.get("rel_l2"),
-        **{k: v for k, v in outcome.eval.items() if k.startswith("rel_l2_")},
+        **{k: v for k, v in outcome.eval.items() if k.startswith(("rel_l2_", "coef_"))},
         "eval_loss": outcome.eval.get("eval_loss"),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
@@ -151,7 +151,7 @@ def time_phasetrain(preset: str, steps: int, out: str, extra: list[str]) -> tupl
     trainer = _trainer(preset, steps, out, extra)
     clock = _StepClock()
     trainer.pm.register(clock)
-    trainer.fast.refresh()
+    trainer.hooks.refresh()  # the loop dispatches through a cache of the hook implementations
     outcome = trainer.fit()
     return (clock.end - clock.start) / steps, outcome.metrics["loss"]
 
@@ -234,7 +234,7 @@ def main() -> None:
         "cpus": os.cpu_count(), "threads": args.threads or torch.get_num_threads(), "runs": [],
     }
     if not args.skip_accuracy:
-        print(f"{'preset':<14} {'problem':<12} {'sampler':<8} {'points':>7} {'steps':>6} {'wall s':>7} "
+        print(f"{'preset':<16} {'problem':<16} {'sampler':<8} {'points':>7} {'steps':>6} {'wall s':>7} "
               f"{'rel L2':>9} {'peak RSS MB':>11} {'load':>5}")
         jobs = [(name, [*threads, *(quick_overrides(name) if args.quick else [])]) for name in presets]
         if "burgers-rad" in presets:  # the uniform twin of burgers-rad: same n, schedule, network
@@ -245,9 +245,11 @@ def main() -> None:
             row = run_child(name, sets, f"runs/bench-pinn/{name}/{{version}}")
             result["runs"].append(row)
             label = name if row["sampler"] != "uniform" or name != "burgers-rad" else "(uniform)"
-            print(f"{label:<14} {row['problem']:<12} {row['sampler']:<8} {row['points']:>7} {row['steps']:>6} "
+            coefficients = "".join(f" {k[5:-6]} error {_fmt(v)}" for k, v in row.items()
+                                   if k.startswith("coef_") and k.endswith("_error"))
+            print(f"{label:<16} {row['problem']:<16} {row['sampler']:<8} {row['points']:>7} {row['steps']:>6} "
                   f"{row['wall_s']:>7.1f} {_fmt(row['rel_l2']):>9} {row['peak_rss_mb']:>11.0f} "
-                  f"{row['load_avg_before']:>5.1f}", flush=True)
+                  f"{row['load_avg_before']:>5.1f}{coefficients}", flush=True)
         rad = [r for r in result["runs"] if r["preset"] == "burgers-rad"]
         if len(rad) == 2 and rad[0]["rel_l2"] and rad[1]["rel_l2"]:
             ratio = rad[0]["rel_l2"] / rad[1]["rel_l2"]

@@ -4,6 +4,11 @@ A schedule lists its ``phases`` and answers ``phase(trainer)`` before every step
 :class:`Phase` object for as long as a phase lasts; the loop fires ``phase_enter`` when the
 object changes. ``steps_of(phase)`` tells learning-rate schedules how long a phase's optimizer
 will run.
+
+A stage with ``patience`` ends early once its training loss has not improved for that many steps
+(an L-BFGS stage that has stalled in float32, an Adam stage that has done what it can): the
+stages after it start that much earlier, and when the last stage ends so the run stops (as
+"interrupted", so ``--resume`` knows it ended early and stops again at once).
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from typing import Any
 
 import attrs
 
+from collections.abc import Mapping, MutableMapping
+
 from phasetrain import Component, hookimpl
-from phasetrain.config import FieldValueError, LrScheduleChoice, OptimizerChoice, non_negative
+from phasetrain.config import FieldValueError, LrScheduleChoice, OptimizerChoice, in_range, non_negative
 from phasetrain.types import Phase
 
 
@@ -43,6 +50,10 @@ class Stage:
     steps: int = attrs.field(default=0, validator=non_negative)  # 0: the rest of the run (last stage)
     optimizer: OptimizerChoice | None = None  # None: the run's [optimizer]
     lr_schedule: LrScheduleChoice | None = None
+    # End the stage once the loss has not fallen below (1 - min_improvement) x its best for this
+    # many steps; 0: never.
+    patience: int = attrs.field(default=0, validator=non_negative)
+    min_improvement: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0))
 
 
 def _stages_valid(_instance: Any, attribute: Any, stages: list[Stage]) -> None:
@@ -70,6 +81,7 @@ class Staged:
 
     def __init__(self, options: StagedOptions, ctx: Any):
         total = ctx.config.run.steps
+        self.stages = options.stages
         self.phases: list[Phase] = []
         self.ends: list[int] = []
         end = 0
@@ -80,16 +92,62 @@ class Staged:
         self._lengths = {
             p.name: e - s for p, s, e in zip(self.phases, [0, *self.ends[:-1]], self.ends, strict=True)
         }
+        self.best: float | None = None  # the best loss of stage `best_stage`, and the step it came at
+        self.best_step, self.best_stage = 0, -1
+        self.finished = False  # the last stage ended early: the run is over
+
+    def _index(self, step: int) -> int:
+        return next((i for i, end in enumerate(self.ends) if step < end), len(self.ends) - 1)
 
     def phase(self, trainer: Any) -> Phase:
-        step = trainer.state.step
-        for phase, end in zip(self.phases, self.ends, strict=True):
-            if step < end:
-                return phase
-        return self.phases[-1]
+        return self.phases[self._index(trainer.state.step)]
 
     def steps_of(self, phase: Phase) -> int:
         return max(1, self._lengths.get(phase.name, 1))
+
+    # -- ending a stage that stopped making progress ----------------------------------------------
+
+    @hookimpl
+    def train_start(self, trainer: Any) -> None:
+        if self.finished:
+            trainer.request_stop()
+
+    @hookimpl
+    def post_step(self, trainer: Any, step: int, metrics: Mapping[str, Any]) -> None:
+        index = self._index(step)
+        stage = self.stages[index]
+        if not stage.patience or metrics.get("skipped") or "loss" not in metrics:
+            return
+        loss = float(metrics["loss"])
+        if self.best_stage != index or self.best is None or loss < self.best * (1 - stage.min_improvement):
+            self.best, self.best_step, self.best_stage = loss, step, index
+        elif step - self.best_step >= stage.patience:
+            self._end(index, step + 1, trainer)
+
+    def _end(self, index: int, step: int, trainer: Any) -> None:
+        """End stage ``index`` at ``step``: later stages move up; after the last, the run stops."""
+        if index == len(self.ends) - 1:
+            self.finished = True
+            trainer.request_stop()
+            return
+        early = self.ends[index] - step
+        for j in range(index, len(self.ends)):
+            if j == index or j < len(self.ends) - 1 or self.stages[j].steps:
+                self.ends[j] -= early
+
+    @hookimpl
+    def checkpoint(self, state: MutableMapping[str, Any]) -> None:
+        if any(stage.patience for stage in self.stages):
+            state["schedule_staged"] = {"ends": list(self.ends), "best": self.best, "best_step": self.best_step,
+                                        "best_stage": self.best_stage, "finished": self.finished}
+
+    @hookimpl
+    def restore(self, state: Mapping[str, Any]) -> None:
+        saved = state.get("schedule_staged")
+        if saved is not None:
+            self.ends = [int(e) for e in saved["ends"]]
+            self.best, self.best_step = saved["best"], int(saved["best_step"])
+            self.best_stage, self.finished = int(saved["best_stage"]), bool(saved["finished"])
 
 
 @hookimpl

@@ -11,6 +11,7 @@ residual-proportional sampling (c = 0).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -59,8 +60,9 @@ class _ResidualAdaptiveSampler(Sampler):
         k: float,
         c: float,
         replacement: bool,
+        region: Any = None,
     ) -> None:
-        super().__init__(lower, upper, n, seed)
+        super().__init__(lower, upper, n, seed, region)
         if every < 1:
             raise ValueError(f"every must be >= 1; got {every}")
         if not pool_factor >= 1:
@@ -130,9 +132,11 @@ class RADSampler(_ResidualAdaptiveSampler):
         k: float = 1.0,
         c: float = 1.0,
         replacement: bool = False,
+        region: Any = None,
     ) -> None:
         super().__init__(
-            lower, upper, n, seed, every=every, pool_factor=pool_factor, k=k, c=c, replacement=replacement
+            lower, upper, n, seed, every=every, pool_factor=pool_factor, k=k, c=c, replacement=replacement,
+            region=region,
         )
 
     def update(self, step: int, residual_fn: ResidualFn | None = None) -> bool:
@@ -177,9 +181,11 @@ class RARDSampler(_ResidualAdaptiveSampler):
         k: float = 2.0,
         c: float = 0.0,
         replacement: bool = False,
+        region: Any = None,
     ) -> None:
         super().__init__(
-            lower, upper, n, seed, every=every, pool_factor=pool_factor, k=k, c=c, replacement=replacement
+            lower, upper, n, seed, every=every, pool_factor=pool_factor, k=k, c=c, replacement=replacement,
+            region=region,
         )
         self.add = max(1, self.n // 10) if add is None else int(add)
         self.max_points = 2 * self.n if max_points is None else int(max_points)

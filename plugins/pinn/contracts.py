@@ -12,8 +12,12 @@ and ``state_dict()``/``load_state_dict()``; its options' ``n`` is the requested 
   solution, so a residual that is zero everywhere fails;
 - ``residual.conditions``: every condition holds on the exact solution at its own points;
 - ``residual.domain_sampler``: points from ``sample_interior`` and from every condition's
-  sampler lie in the box, have the requested shape and are reproducible from the generator;
+  sampler lie in the box (and in the domain), have the requested shape and are reproducible;
+- ``residual.evaluates_repeatedly``: a short run evaluates after every step with TensorBoard
+  images on, three times, with or without an exact solution, and ``images`` keeps working;
 - ``sampler.inside_domain``: the points lie in the box, before and after every update;
+- ``sampler.inside_geometry``: on the L-shaped domain of ``poisson-lshape`` the points lie in the
+  L, before and after every update;
 - ``sampler.count``: a fresh sampler holds the requested ``n`` points, and never fewer;
 - ``sampler.reproducible``: the same seed gives the same points through the same updates, and
   a sampler restored from its (checkpointed) state continues exactly like the original.
@@ -27,6 +31,7 @@ import attrs
 import torch
 from hypothesis import strategies as st
 
+from phasetrain import hookimpl
 from phasetrain.testing import strategies
 from phasetrain.testing.bits import differences, through_checkpoint
 from phasetrain.testing.contract import context, contract
@@ -91,6 +96,8 @@ def _outside(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> list[
 
 def _has_exact(subject: Any) -> str | None:
     problem = subject.context_trainer().component("residual")
+    if getattr(problem, "reference", False):
+        return f"{type(problem).__name__}'s solution is a numerical reference, not differentiable by autograd"
     lower, upper = _box(problem)
     try:
         problem.exact(((lower + upper) / 2)[None])
@@ -133,9 +140,14 @@ def conditions(subject: Any, data: Any) -> None:
     seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
     tolerance = _tolerance(problem)
     for condition in problem.conditions():
-        x = condition.sample(n, torch.Generator().manual_seed(seed)).detach().clone().requires_grad_(True)
-        r = condition.residual(x, problem.exact(x))
-        worst, where = _worst(r, x)
+        if getattr(condition, "noisy", False):
+            continue  # measurements with noise hold only to within it
+        rows = condition.sample(n, torch.Generator().manual_seed(seed)).detach().clone()
+        if hasattr(condition, "evaluate"):
+            r = condition.evaluate(problem.exact, rows)
+        else:
+            r = condition.residual(rows.requires_grad_(True), problem.exact(rows))
+        worst, where = _worst(r, rows)
         if not worst <= tolerance:
             subject.fail(f"with options {options!r}, condition {condition.name!r} is off by {worst:.3g} on the "
                          f"exact solution at x = {where} (tolerance {tolerance:.3g})")
@@ -148,6 +160,12 @@ def _has_domain_sampler(subject: Any) -> str | None:
     return None
 
 
+def _points_of(condition: Any, rows: torch.Tensor) -> torch.Tensor:
+    """The points (coordinates) of a condition's rows; a plain condition's rows are its points."""
+    split = getattr(condition, "split", None)
+    return rows if split is None else split(rows)[0]
+
+
 @contract("residual.domain_sampler", "residual", examples=6, applies=_has_domain_sampler)
 def domain_sampler(subject: Any, data: Any) -> None:
     """Points from the problem's samplers lie in its box, in the requested shape, reproducibly."""
@@ -155,19 +173,64 @@ def domain_sampler(subject: Any, data: Any) -> None:
     lower, upper = _box(problem)
     n = data.draw(st.integers(0, 64), label="points")
     seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
-    samplers = [("sample_interior", problem.sample_interior)]
-    samplers += [(f"condition {c.name!r}", c.sample) for c in problem.conditions()]
-    for what, sample in samplers:
-        x = sample(n, torch.Generator().manual_seed(seed))
-        if tuple(x.shape) != (n, len(lower)):
+    samplers = [("sample_interior", problem.sample_interior, None)]
+    samplers += [(f"condition {c.name!r}", c.sample, c) for c in problem.conditions()]
+    domain = getattr(problem, "domain", None)
+    for what, sample, condition in samplers:
+        rows = sample(n, torch.Generator().manual_seed(seed))
+        x = rows if condition is None else _points_of(condition, rows)
+        group = getattr(condition, "group", 1)
+        if rows.shape[0] != n or tuple(x.shape) != (n * group, len(lower)):
             subject.fail(f"{what} gave points of shape {tuple(x.shape)} for n = {n} in {len(lower)} dimensions")
+        if domain is not None and n and not bool(domain.inside(x.detach().to(torch.float64)).all()):
+            subject.fail(f"with options {options!r}, {what} gave points outside the domain {domain!r}")
         point = _outside(x.detach().to(torch.float64), lower, upper)
         if point is not None:
             subject.fail(f"with options {options!r}, {what} gave the point {point}, outside the box "
                          f"{lower.tolist()}..{upper.tolist()}")
         again = sample(n, torch.Generator().manual_seed(seed))
-        if not torch.equal(x, again):
+        if not torch.equal(rows, again):
             subject.fail(f"{what} gave other points from a generator with the same seed")
+
+
+class _Evaluations:
+    """Counts evaluations and the metrics each reported."""
+
+    def __init__(self) -> None:
+        self.metrics: list[dict[str, Any]] = []
+
+    @hookimpl
+    def eval_end(self, metrics: Any) -> None:
+        self.metrics.append(dict(metrics))
+
+
+@contract("residual.evaluates_repeatedly", "residual", examples=1)
+def evaluates_repeatedly(subject: Any, data: Any) -> None:
+    """Three evaluations in a row, TensorBoard images on: none fails, each reports the same keys."""
+    from phasetrain.loop import Trainer
+
+    options = data.draw(subject.options(), label="options")
+    raw = subject.raw(options, steps=3, out_dir=subject.run_dir(), run={"eval_every": 1})
+    raw["observers"]["tensorboard"] = {"image_every": 1}
+    seen = _Evaluations()
+    with subject._building(options):
+        trainer = Trainer(subject.config(raw), registry=subject.registry, plugins=[*subject.hooks(options), seen])
+    subject.fit(trainer, options)
+    if len(seen.metrics) != 3:
+        subject.fail(f"a 3-step run evaluating after every step evaluated {len(seen.metrics)} times")
+    keys = [sorted(m) for m in seen.metrics]
+    if any(k != keys[0] for k in keys):
+        subject.fail(f"evaluations reported different metrics: {keys}")
+    problem = trainer.component("residual")
+    try:
+        problem.exact(torch.tensor([problem.lower], dtype=torch.float64))
+    except NotImplementedError:
+        if "rel_l2" in keys[0]:
+            subject.fail("reported rel_l2 without an exact solution")
+    images = trainer.task.images(trainer.model)
+    for name, image in images.items():
+        if image.dtype.name != "uint8" or image.ndim != 3 or image.shape[2] != 3:
+            subject.fail(f"image {name!r} is {image.dtype} of shape {image.shape}, not (H, W, 3) uint8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,6 +272,34 @@ def _has_count(subject: Any) -> str | None:
     if not hasattr(subject.default_options(), "n"):
         return "its options have no 'n', so no count was requested"
     return None
+
+
+@contract("sampler.inside_geometry", "sampler", examples=6)
+def inside_geometry(subject: Any, data: Any) -> None:
+    """On a domain that is not a box (the L of ``poisson-lshape``) the points lie in the domain."""
+    from hypothesis import reject
+
+    from phasetrain.errors import BadInput
+    from phasetrain.loop import Trainer
+
+    options = data.draw(subject.options(small=True), label="options")
+    raw = subject.raw(options, out_dir=subject.run_dir())
+    raw["residual"] = {"use": "poisson-lshape"}
+    try:
+        trainer = Trainer(subject.config(raw), registry=subject.registry, plugins=subject.hooks(options))
+    except BadInput:
+        reject()
+    sampler, domain = subject.built(trainer), trainer.component("residual").domain
+    field = data.draw(strategies.residual_fields(2), label="residual field")
+    for step in [None, *range(data.draw(st.integers(0, 8), label="steps"))]:
+        if step is not None:
+            sampler.update(step, field)
+        points = sampler.points().detach().to(torch.float64)
+        outside = ~domain.inside(points)
+        if bool(outside.any()):
+            where = "initially" if step is None else f"after update({step})"
+            subject.fail(f"with options {options!r}, {where} the point {points[outside][0].tolist()} lies outside "
+                         f"the L-shaped domain of poisson-lshape (inside its bounding box)")
 
 
 @contract("sampler.count", "sampler", examples=15, applies=_has_count)

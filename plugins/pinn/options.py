@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from phasetrain.config import FieldValueError, at_least, in_range, non_negative, positive
+from phasetrain.config import FieldValueError, at_least, in_range, non_negative, one_of, positive
 
 # ---------------------------------------------------------------------------------------------
 # Problems
@@ -103,6 +103,35 @@ class Helmholtz2DOptions:
     a2: float = 4.0  # frequency of the solution along y
 
 
+@attrs.define
+class BurgersInverseOptions:
+    """Burgers with unknown ``lambda1`` (true 1) and ``nu``, identified from noisy observations."""
+
+    nu: float = attrs.field(default=0.01 / math.pi, validator=positive)  # the true viscosity
+    quadrature_nodes: int = attrs.field(default=200, validator=in_range(2, 360))
+    observations: int = attrs.field(default=2000, validator=positive)  # measured points
+    noise: float = attrs.field(default=0.0, validator=in_range(0.0, 0.5))  # relative to the data's std
+    initial_lambda1: float = 0.0  # starting guess
+    initial_nu: float = attrs.field(default=0.01, validator=positive)  # starting guess
+
+
+@attrs.define
+class AllenCahnOptions:
+    """``u_t - eps u_xx + 5 u^3 - 5 u = 0`` on x in [-1, 1] (periodic), t in [0, 1]; input order (x, t)."""
+
+    eps: float = attrs.field(default=1e-4, validator=in_range(1e-5, 1.0))  # diffusion
+    # What task.hard_constraints builds in: "initial" (u = x^2 cos(pi x) + t (1 - x^2) N, so the
+    # initial condition and u(+-1, t) = -1) or "periodic" (x only through cos/sin(pi k x)).
+    hard: str = attrs.field(default="initial", validator=one_of("initial", "periodic"))
+
+
+@attrs.define
+class PoissonLShapeOptions:
+    """``-lap u = f`` on the L-shape [-1, 1]^2 minus (0, 1]^2; input order (x, y)."""
+
+    a: float = 0.5  # weight of the harmonic part x^2 - y^2 of the solution
+
+
 PROBLEM_OPTIONS: dict[str, type] = {
     "burgers": BurgersOptions,
     "poisson2d": Poisson2DOptions,
@@ -110,6 +139,9 @@ PROBLEM_OPTIONS: dict[str, type] = {
     "wave1d": Wave1DOptions,
     "elastic2d": Elastic2DOptions,
     "helmholtz2d": Helmholtz2DOptions,
+    "burgers-inverse": BurgersInverseOptions,
+    "allen-cahn": AllenCahnOptions,
+    "poisson-lshape": PoissonLShapeOptions,
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -61,7 +61,8 @@ def _sampler_factory(name: str) -> Callable[[Any, Any], Any]:
             )
         seed = derive_seed(ctx.seed + options.seed_offset, "pinn-sampler")
         try:
-            return cls(problem.lower, problem.upper, options.n, seed, **sampler_kwargs(options))
+            region = None if problem.is_box else problem.domain  # the box itself needs no rejection
+            return cls(problem.lower, problem.upper, options.n, seed, region=region, **sampler_kwargs(options))
         except ValueError as exc:
             raise BadInput(f"{ctx.config.source}: sampler: {exc}") from None
 
@@ -76,7 +77,8 @@ def _task(options: Any, ctx: Any) -> Any:
 
 @runtime_checkable
 class Residual(Protocol):
-    """A ``[residual]`` component: a PDE on a box (see :class:`.problem_base.Problem`)."""
+    """A ``[residual]`` component: a PDE on a domain (see :class:`.problem_base.Problem`, which the
+    ``pinn`` task expects: its input names, domain, unknowns and hard constraints)."""
 
     lower: Any
     upper: Any

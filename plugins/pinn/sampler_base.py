@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .domain import as_bounds
+from .geometry import rejection
 
 __all__ = ["Sampler", "ResidualFn"]
 
@@ -23,6 +24,9 @@ class Sampler:
         lower, upper: box bounds (d,) in the problem's input order.
         n: number of points (initial number for growing samplers).
         seed: seed of the sampler's private random generator.
+        region: a domain inside the box (a :class:`~.geometry.Geometry` or anything with
+            ``inside(x) -> (N,) bool``); points are drawn in the box as usual and those outside
+            the region are dropped until there are enough. ``None``: the whole box.
         **options: sampler-specific keyword options (see subclasses).
 
     Subclasses implement :meth:`_draw_unit` (non-adaptive) or override
@@ -33,7 +37,8 @@ class Sampler:
     #: Whether :meth:`update` uses ``residual_fn``.
     adaptive: ClassVar[bool] = False
 
-    def __init__(self, lower: Sequence[float], upper: Sequence[float], n: int, seed: int, **options: Any) -> None:
+    def __init__(self, lower: Sequence[float], upper: Sequence[float], n: int, seed: int, region: Any = None,
+                 **options: Any) -> None:
         if options:
             raise TypeError(f"{type(self).__name__} got unknown options: {sorted(options)}")
         self.lower, self.upper = as_bounds(lower, upper)  # (d,), (d,) float64
@@ -41,6 +46,7 @@ class Sampler:
             raise ValueError(f"n must be a positive integer; got {n}")
         self.n = int(n)
         self.seed = int(seed)
+        self.region = region
         self.generator = torch.Generator().manual_seed(self.seed)
         #: How many times the point set has changed since construction.
         self.num_updates = 0
@@ -117,8 +123,15 @@ class Sampler:
         return self.lower + (self.upper - self.lower) * unit
 
     def _uniform(self, n: int) -> Tensor:
-        """``n`` i.i.d. uniform points (n, d) in the box from the private generator."""
-        return self._to_box(torch.rand(n, self.dim, generator=self.generator, dtype=torch.float64))
+        """``n`` i.i.d. uniform points (n, d) in the box (the region) from the private generator."""
+        return self._in_region(lambda m: torch.rand(m, self.dim, generator=self.generator, dtype=torch.float64), n)
+
+    def _in_region(self, draw_unit: Callable[[int], Tensor], n: int) -> Tensor:
+        """``n`` points (n, d) of ``draw_unit`` mapped onto the box, keeping those in the region."""
+        if self.region is None:
+            return self._to_box(draw_unit(n))
+        return rejection(lambda m: self._to_box(draw_unit(m)), self.region.inside, n,
+                         f"{type(self).__name__} in {self.region!r}").reshape(n, self.dim)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dim={self.dim}, num_points={self.num_points}, seed={self.seed})"

@@ -13,6 +13,8 @@ from phasetrain.plugins.pinn import problems as P
 
 SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NAMES = ["burgers", "poisson2d", "heat1d", "wave1d", "elastic2d", "helmholtz2d"]
+#: Problems with their own tests (tests/pinn/test_pinn_new_problems.py).
+NEW = ["burgers-inverse", "allen-cahn", "poisson-lshape"]
 PI = math.pi
 
 
@@ -31,7 +33,7 @@ def max_abs(t: torch.Tensor) -> float:
 
 # ------------------------------------------------------------ registry
 def test_registry_and_metadata():
-    assert sorted(P.PROBLEMS) == sorted(NAMES)
+    assert sorted(P.PROBLEMS) == sorted(NAMES + NEW)
     for name, cls in P.PROBLEMS.items():
         problem = cls()
         assert problem.name == name
