@@ -1,32 +1,45 @@
-"""Hybrid predictive training vs plain training: wall-clock time to the same loss.
+"""Hybrid and nowcast training against plain training, measured so that it cannot flatter.
 
-For each task, plain training (`single`), `hybrid` + `linear` and `hybrid` + `rssm` run with the
-same optimizer, learning rate and hyper-parameters, for several seeds, interleaved in one
-process. The target of a seed is the held-out eval loss that plain training reaches at its
-final step. For every run we record, at each evaluation, the training time so far (evaluation
-time excluded) and report the first time the eval loss is at or below the target.
+Rules (docs/hybrid.md, "The benchmark"):
 
-Equal budgets: every variant gets the same number of *real* (gradient) steps, N. Predicted steps
-come on top: a hybrid run may take up to ``--hybrid-steps`` x N steps in all and stops when its
-real steps reach N. The learning rate is constant (after the task's warm-up) in every variant,
-so that it does not depend on the total step count, which differs between the variants.
+- Every variant of a task takes the same N real (gradient) steps with the same optimizer,
+  learning-rate schedule and hyper-parameters; predicted steps (``hybrid``) come on top, and
+  real steps that a rollback threw away (``nowcast``) are paid for in time.
+- Every variant is evaluated every E *real* steps; an evaluation of weights that a rollback
+  then abandoned is dropped. Quality is the relative L2 error against the exact solution for
+  PINNs and the held-out eval loss otherwise.
+- The target of a seed is the median of plain training's last three evaluations (robust to
+  one spiky evaluation). Time is training wall-clock, evaluation excluded; a seed that never
+  reaches the target scores a speed-up of 0.
+- Per variant: the speed-up per seed (plain time to target / variant time to target, the two
+  runs of a seed interleaved in one process), its median over seeds with a paired bootstrap
+  95 % interval, and quality after N real steps relative to plain (median ratio).
 
-Reported per task and variant: median time to target and steps to target, speed-up (plain time
-/ hybrid time, median over seeds), final eval loss, fraction of predicted steps, rollbacks, and
-the median cost of a predicted step relative to a real one.
+Tasks: ``burgers-adam`` (the Adam stage of the ``burgers`` preset, constant learning rate),
+``burgers-e2e`` (the whole preset, Adam then L-BFGS), ``lm-constant`` and ``lm-wsd`` (the
+``lm`` preset with a constant and a warmup-stable-decay schedule), ``regression``, and
+``helmholtz2d`` (an unseen task: never tuned on, never in the nowcaster's training data).
 
-    python benchmarks/hybrid.py --threads 1     # default size, 3 seeds: about 6 minutes
-    python benchmarks/hybrid.py --full          # longer runs
-    python benchmarks/hybrid.py --tasks regression --seeds 3
-    python benchmarks/hybrid.py --tasks burgers --set schedule.loss_check_every=4
+    python benchmarks/hybrid.py                       # everything, 5 seeds (hours: resumable)
+    python benchmarks/hybrid.py --quick               # small sizes, 2 seeds: a few minutes
+    python benchmarks/hybrid.py --tasks burgers-adam --variants plain nowcast+linefit
+    python benchmarks/hybrid.py --table               # print the table from the JSON only
+
+Results go to ``benchmarks/results/hybrid.json`` (``--out``) after every run; a rerun skips the
+(task, variant, seed) runs already there with the same settings, so an interrupted benchmark
+continues where it stopped. The table is printed from that file.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
+import os
+import platform
+import random
 import statistics
 import time
 from pathlib import Path
@@ -37,175 +50,262 @@ import phasetrain
 from phasetrain import hookimpl
 from phasetrain.registry import load_registry
 
-# Per task: the preset and the overrides that make the default-size benchmark fit its budget.
+PINN_FULL = ["schedule={use='single'}", "lr_schedule={use='constant'}"]
+# task: (preset, quality metric, overrides, --quick overrides, evaluate every E real steps)
 TASKS = {
-    "regression": ("regression", ["run.steps=600", "run.eval_every=25", "lr_schedule={use='constant'}"],
-                   ["run.steps=3000", "run.eval_every=50"]),
-    "lm": ("lm", ["run.steps=200", "run.eval_every=20", "task.eval_batches=4",
-                  "lr_schedule={use='constant', warmup_steps=20}"],
-           ["run.steps=1500", "run.eval_every=50"]),
-    # The Adam stage of the burgers preset on 2,000 points (L-BFGS is a different optimizer).
-    "burgers": ("burgers", ["run.steps=1500", "run.eval_every=50", "sampler.n=2000", "task.eval_grid=[128, 64]",
-                            "schedule={use='single'}", "lr_schedule={use='constant'}"],
-                ["run.steps=6000", "run.eval_every=100", "sampler.n=10000", "task.eval_grid=[]"]),
+    "burgers-adam": ("burgers", "rel_l2", ["run.steps=2000", *PINN_FULL, "task.eval_grid=[128, 64]"],
+                     ["run.steps=600", "sampler.n=1000", "task.eval_grid=[64, 32]"], 50),
+    "burgers-e2e": ("burgers", "rel_l2", ["task.eval_grid=[128, 64]"],
+                    ["run.steps=650", "schedule.stages[0].steps=600", "sampler.n=1000",
+                     "task.eval_grid=[64, 32]"], 50),
+    "lm-constant": ("lm", "eval_loss", ["run.steps=400", "task.eval_batches=4",
+                                        "lr_schedule={use='constant', warmup_steps=20}"],
+                    ["run.steps=150"], 20),
+    "lm-wsd": ("lm", "eval_loss", ["run.steps=400", "task.eval_batches=4",
+                                   "lr_schedule={use='wsd', warmup_steps=20, decay_fraction=0.2}"],
+               ["run.steps=150"], 20),
+    "regression": ("regression", "eval_loss", ["run.steps=1000", "lr_schedule={use='constant'}"],
+                   ["run.steps=600"], 25),
+    "helmholtz2d": ("helmholtz2d", "rel_l2", ["run.steps=500", *PINN_FULL, "task.eval_grid=[64]"],
+                    ["run.steps=300", "sampler.n=1000", "task.eval_grid=[32]"], 25),
 }
+NOWCAST_PINN = ["schedule.probe_batches=1"]  # full-batch tasks: every probe batch is the same
 VARIANTS = {
     "plain": [],
     "hybrid+linear": ["schedule={use='hybrid'}", "dynamics={use='linear'}"],
-    "hybrid+rssm": ["schedule={use='hybrid'}", "dynamics={use='rssm'}"],
+    "nowcast+linefit": ["schedule.use='nowcast'", "dynamics={use='linefit'}"],
+    "nowcast+linefit/scale": ["schedule.use='nowcast'", "dynamics={use='linefit'}", "schedule.moments='scale'"],
+    "nowcast+nowcaster": ["schedule.use='nowcast'", "dynamics={use='nowcaster'}"],
 }
-
-
-class RealStepCap:
-    """Stops a hybrid run once its real (gradient) steps reach the plain run's step count."""
-
-    def __init__(self, real_steps: int) -> None:
-        self.real_steps = real_steps
-
-    @hookimpl
-    def post_step(self, trainer) -> None:
-        if getattr(trainer.schedule, "real_steps", 0) >= self.real_steps:
-            trainer.stop_requested = True
+# The hybrid schedule has no stages, and plans its learning-rate schedule over all of its steps
+# (predicted ones included, which do not step it): it cannot match a schedule with a decay.
+NOT_APPLICABLE = {("burgers-e2e", "hybrid+linear"): "the hybrid schedule has no stages (no L-BFGS)",
+                  ("lm-wsd", "hybrid+linear"): "a decaying schedule cannot be matched in real steps"}
 
 
 class Timeline:
-    """Training time (evaluation excluded) at every evaluation, and per-step costs by kind."""
+    """Training time (evaluation excluded), an evaluation every ``every`` real steps, step times.
 
-    def __init__(self) -> None:
-        self.evals: list[tuple[int, float, float]] = []  # (step, training seconds, eval loss)
-        self.step_times: dict[str, list[float]] = {"real": [], "predicted": []}
-        self._eval_time = 0.0
+    It counts real steps itself and keeps the count in checkpoints, so a rollback (the loop
+    restores every plugin's state) brings the count back and drops the evaluations of the
+    abandoned branch."""
+
+    def __init__(self, every: int, metric: str, cap: int) -> None:
+        self.every, self.metric, self.cap = every, metric, cap
+        self.real = 0
+        self.evals: list[tuple[int, float, float]] = []  # (real steps, training seconds, quality)
+        self.real_step_s: list[float] = []
+        self.predicted_step_s: list[float] = []
+        self._eval_s = 0.0
 
     @hookimpl
     def train_start(self) -> None:
-        self._start = self._last = time.perf_counter()
+        self._start = time.perf_counter()
 
     @hookimpl
     def pre_step(self) -> None:
         self._t0 = time.perf_counter()
 
     @hookimpl(trylast=True)
-    def post_step(self, trainer, metrics) -> None:
+    def post_step(self, trainer) -> None:
         now = time.perf_counter()
-        self.step_times["real" if trainer.phase.real else "predicted"].append(now - self._t0)
-        self._last = now
+        (self.real_step_s if trainer.phase.real else self.predicted_step_s).append(now - self._t0)
+        if not trainer.phase.real:
+            return
+        self.real += 1
+        if self.real % self.every == 0:
+            trained = now - self._start - self._eval_s
+            value = float(trainer.evaluate()[self.metric])
+            self._eval_s += time.perf_counter() - now
+            self.evals.append((self.real, trained, value))
+        if self.real >= self.cap:
+            trainer.request_stop()
 
-    @hookimpl(trylast=True)
-    def eval_end(self, step, metrics) -> None:
-        now = time.perf_counter()
-        trained = self._last - self._start - self._eval_time
-        self._eval_time += now - self._last
-        self._last = now
-        self.evals.append((step, trained, float(metrics["eval_loss"])))
+    @hookimpl
+    def checkpoint(self, state) -> None:
+        state["benchmark_timeline"] = {"real": self.real}
+
+    @hookimpl
+    def restore(self, state) -> None:
+        if "benchmark_timeline" in state:
+            self.real = state["benchmark_timeline"]["real"]
+            self.evals = [e for e in self.evals if e[0] <= self.real]
 
 
-def run(preset: str, overrides: list[str], seed: int, out: Path, hybrid_steps: float) -> dict:
-    timeline = Timeline()
-    args = [*overrides, f"run.seed={seed}", f"run.out_dir='{out}'", "run.checkpoint_every=0",
+def run_one(preset: str, metric: str, overrides: list[str], every: int, seed: int, out: Path) -> dict:
+    config = phasetrain.config.load(preset, overrides)
+    real = config.run.steps
+    args = [*overrides, f"run.seed={seed}", f"run.out_dir='{out}'", "run.checkpoint_every=0", "run.eval_every=0",
             "observers.console.quiet=true", "observers.jsonl.enabled=false"]
-    if "jsonl" not in load_registry().names("observer"):
-        args.remove("observers.jsonl.enabled=false")
-    plugins: list = [timeline]
-    if any(a.startswith("schedule={use='hybrid'") for a in overrides):
-        real = phasetrain.config.load(preset, args).run.steps
-        args.append(f"run.steps={int(real * hybrid_steps)}")
-        plugins.append(RealStepCap(real))
-    trainer = phasetrain.Trainer.from_config(preset, args, plugins=plugins)
+    hybrid = config.schedule.use == "hybrid"
+    if hybrid:  # predicted steps come on top of the real ones (at most 2 more per real step)
+        args.append(f"run.steps={3 * real}")
+    timeline = Timeline(every, metric, real)
+    trainer = phasetrain.Trainer.from_config(preset, args, plugins=[timeline])
     with contextlib.redirect_stdout(io.StringIO()):
         trainer.fit()
     schedule = trainer.schedule
-    return {
+    result = {
         "evals": timeline.evals,
-        "real_step_s": statistics.median(timeline.step_times["real"]),
-        "predicted_step_s": statistics.median(timeline.step_times["predicted"]) if timeline.step_times["predicted"] else None,
-        # the mean includes the steps that run a loss check (the median is a step without one)
-        "predicted_step_mean_s": statistics.fmean(timeline.step_times["predicted"]) if timeline.step_times["predicted"] else None,
-        "predicted_fraction": getattr(schedule, "predicted_steps", 0) / trainer.state.step,
-        "rollbacks": getattr(schedule, "rollbacks", 0),
-        "returns": getattr(schedule, "returns", 0),
-        "real_steps": getattr(schedule, "real_steps", trainer.state.step),
-        "final_eval_loss": timeline.evals[-1][2],
-        "steps": trainer.state.step,
+        "real_steps": timeline.real,
+        "train_s": timeline.evals[-1][1] if timeline.evals else None,
+        "final": timeline.evals[-1][2] if timeline.evals else None,
+        "real_step_s": statistics.median(timeline.real_step_s),
     }
+    if hybrid:
+        result.update(predicted_steps=schedule.predicted_steps, rollbacks=schedule.rollbacks, returns=schedule.returns,
+                      predicted_step_s=statistics.fmean(timeline.predicted_step_s) if timeline.predicted_step_s else None)
+    if config.schedule.use == "nowcast":
+        c = schedule.controller
+        result.update(jumps=c.jumps, kept=c.kept, rollbacks=schedule.rollbacks, probes=schedule.probes,
+                      probe_s=schedule.probe_seconds, jump_s=schedule.jump_seconds,
+                      wasted_steps=schedule.rollbacks * (schedule.options.settle_steps + 1), final_ahead=c.ahead)
+    return result
 
 
-def to_target(evals: list[tuple[int, float, float]], target: float) -> tuple[int | None, float | None]:
-    for step, seconds, loss in evals:
-        if loss <= target:
-            return step, seconds
-    return None, None
+# -- statistics ------------------------------------------------------------------------------------
+
+
+def time_to(evals: list, target: float) -> float | None:
+    return next((seconds for _real, seconds, value in evals if value <= target), None)
+
+
+def target_of(plain: dict) -> float:
+    return statistics.median(e[2] for e in plain["evals"][-3:])
+
+
+def bootstrap_median(values: list[float], resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of the median, resampling the seeds (pairs stay together)."""
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
+
+
+def summarize(task: str, runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
+    plain = runs.get("plain", {})
+    out = {}
+    for variant, by_seed in runs.items():
+        seeds = sorted(s for s in by_seed if s in plain)
+        if not seeds:
+            continue
+        speedups, quality, reached = [], [], 0
+        for s in seeds:
+            target = target_of(plain[s])
+            t_plain, t = time_to(plain[s]["evals"], target), time_to(by_seed[s]["evals"], target)
+            reached += t is not None
+            speedups.append(t_plain / t if t else 0.0)
+            quality.append(by_seed[s]["final"] / plain[s]["final"])
+        row = {"seeds": seeds, "speedups": speedups, "median_speedup": statistics.median(speedups),
+               "interval": bootstrap_median(speedups), "above_1": sum(x > 1 for x in speedups), "reached": reached,
+               "quality_ratio": statistics.median(quality), "final": statistics.median(by_seed[s]["final"] for s in seeds)}
+        runs_ = [by_seed[s] for s in seeds]
+        if "jumps" in runs_[0]:
+            jumps = sum(r["jumps"] for r in runs_)
+            row["kept"] = f"{sum(r['kept'] for r in runs_)}/{jumps}"
+            per_step = statistics.median(r["real_step_s"] for r in runs_)
+            row["probe_cost"] = (statistics.median(r["probe_s"] / max(1, r["probes"]) for r in runs_) / per_step)
+            row["jump_cost"] = statistics.median(r["jump_s"] / max(1, r["jumps"]) for r in runs_) / per_step
+            row["wasted"] = statistics.median(r["wasted_steps"] / r["real_steps"] for r in runs_)
+        if "predicted_steps" in runs_[0]:
+            row["predicted"] = statistics.median(r["predicted_steps"] / (r["predicted_steps"] + r["real_steps"]) for r in runs_)
+            row["rollbacks"] = sum(r["rollbacks"] for r in runs_)
+        out[variant] = row
+    return out
+
+
+def table(results: dict) -> str:
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    lines = [f"{'task':<13} {'variant':<22} {'speed-up':>8} {'95% interval':>13} {'>1':>4} {'reached':>7} "
+             f"{'per seed':<32} {'quality':>7} {'kept':>7} {'probe':>6} {'jump':>6} {'wasted':>6} {'pred':>5}"]
+    for task, entry in results["tasks"].items():
+        rows = summarize(task, {v: {int(s): r for s, r in by.items()} for v, by in entry["runs"].items()})
+        for variant in [v for v in VARIANTS if v in rows]:
+            r = rows[variant]
+            n = len(r["seeds"])
+            lo, hi = r["interval"]
+            per_seed = " ".join(f"{x:.2f}" for x in r["speedups"])
+            lines.append(
+                f"{task:<13} {variant:<22} {r['median_speedup']:>8.2f} {f'{lo:.2f}-{hi:.2f}':>13} {r['above_1']:>2}/{n} "
+                f"{r['reached']:>5}/{n} {per_seed:<32} {r['quality_ratio']:>7.3f} {r.get('kept', '-'):>7} "
+                f"{fmt(r.get('probe_cost'), '.2f'):>6} {fmt(r.get('jump_cost'), '.2f'):>6} "
+                f"{fmt(r.get('wasted'), '.1%'):>6} {fmt(r.get('predicted'), '.0%'):>5}")
+        for (t, v), why in NOT_APPLICABLE.items():
+            if t == task:
+                lines.append(f"{task:<13} {v:<22} n/a: {why}")
+    lines += [
+        "speed-up: plain's training time to the target / the variant's (target: median of plain's last three "
+        "evaluations; 0 = missed), median over seeds with a paired bootstrap 95 % interval; >1: seeds above 1.",
+        "quality: the variant's quality after the same real steps / plain's (median; < 1 is better). kept: jumps "
+        "kept / tried. probe, jump: seconds per probe and per jump (nowcast + move) in real steps; wasted: real "
+        "steps thrown away by rollbacks; pred: share of predicted steps (hybrid).",
+    ]
+    return "\n".join(lines)
+
+
+def settings_key(preset: str, overrides: list[str]) -> str:
+    return hashlib.sha256(json.dumps([preset, overrides]).encode()).hexdigest()[:16]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", nargs="+", default=list(TASKS))
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--full", action="store_true")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--hybrid-steps", type=float, default=3.0,
-                   help="a hybrid run may take this many times the real steps in all (default 3)")
-    p.add_argument("--set", dest="hybrid_overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="an extra override for the hybrid variants, e.g. schedule.loss_check_every=4")
-    p.add_argument("--out", default="benchmarks/results/hybrid.json")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="small sizes, 2 seeds, 3 tasks: a few minutes")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier timings)")
+    p.add_argument("--set", dest="nowcast_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="an extra override for the nowcast variants, e.g. schedule.every=10")
+    p.add_argument("--table", action="store_true", help="only print the table from --out")
+    p.add_argument("--out", default="")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    out = Path(args.out or ("benchmarks/results/hybrid-quick.json" if args.quick else "benchmarks/results/hybrid.json"))
+    results = json.loads(out.read_text()) if out.exists() else {"tasks": {}}
+    if args.table:
+        print(table(results))
+        return
+    if args.quick:
+        args.seeds = min(args.seeds, 2)
+        if args.tasks == list(TASKS):
+            args.tasks = ["burgers-adam", "lm-constant", "regression"]
+    torch.set_num_threads(args.threads)
     presets = load_registry().presets()
-    results, rows = {}, []
-    tmp = Path("runs/bench-hybrid")
+    results.update(torch=torch.__version__, platform=platform.platform(), cpus=os.cpu_count(), threads=args.threads)
+    results.setdefault("load", []).append({"before": os.getloadavg()})
     for task in args.tasks:
-        preset, small, full = TASKS[task]
+        preset, metric, overrides, quick, every = TASKS[task]
         if preset not in presets:
             print(f"{task}: preset {preset!r} is not installed; skipped")
             continue
-        overrides = small + (full if args.full else [])
-        per_variant: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+        overrides = overrides + (quick if args.quick else [])
+        entry = results["tasks"].setdefault(task, {"preset": preset, "metric": metric, "every": every, "runs": {}})
         for seed in range(args.seeds):
-            order = list(VARIANTS) if seed % 2 == 0 else list(reversed(VARIANTS))
+            order = args.variants if seed % 2 == 0 else list(reversed(args.variants))
             for variant in order:
-                extra = args.hybrid_overrides if VARIANTS[variant] else []
-                per_variant[variant].append(run(preset, overrides + VARIANTS[variant] + extra, seed,
-                                                tmp / task / variant, args.hybrid_steps))
-        targets = [r["final_eval_loss"] for r in per_variant["plain"]]
-        summary = {}
-        for variant, runs in per_variant.items():
-            hits = [to_target(r["evals"], t) for r, t in zip(runs, targets, strict=True)]
-            plain_hits = [to_target(r["evals"], t) for r, t in zip(per_variant["plain"], targets, strict=True)]
-            speedups = [ps / s for (_, ps), (_, s) in zip(plain_hits, hits, strict=True) if s and ps]
-            reached = [h for h in hits if h[0] is not None]
-            pred_costs = [r["predicted_step_s"] / r["real_step_s"] for r in runs if r["predicted_step_s"]]
-            mean_costs = [r["predicted_step_mean_s"] / r["real_step_s"] for r in runs if r["predicted_step_s"]]
-            summary[variant] = {
-                "reached": f"{len(reached)}/{len(runs)}",
-                "median_time_to_target_s": statistics.median([s for _, s in reached]) if reached else None,
-                "median_steps_to_target": statistics.median([st for st, _ in reached]) if reached else None,
-                "median_speedup": statistics.median(speedups) if len(speedups) == len(runs) else None,
-                "speedups": speedups,
-                "final_eval_loss": statistics.median(r["final_eval_loss"] for r in runs),
-                "final_vs_plain": statistics.median(r["final_eval_loss"] for r in runs) / statistics.median(targets) - 1,
-                "predicted_fraction": statistics.median(r["predicted_fraction"] for r in runs),
-                "rollbacks": sum(r["rollbacks"] for r in runs),
-                "predicted_step_cost": statistics.median(pred_costs) if pred_costs else None,
-                "predicted_step_mean_cost": statistics.median(mean_costs) if mean_costs else None,
-            }
-            rows.append((task, variant, summary[variant]))
-        results[task] = {"preset": preset, "overrides": overrides, "seeds": args.seeds, "variants": summary,
-                         "runs": per_variant}
-    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    print(f"\n{'task':<11} {'variant':<14} {'reached':>7} {'time→target s':>13} {'steps→target':>12} "
-          f"{'speed-up':>8} {'final eval':>10} {'vs plain':>8} {'predicted':>9} {'rollbacks':>9} {'pred cost':>9} "
-          f"{'mean cost':>9}")
-    for task, variant, s in rows:
-        print(f"{task:<11} {variant:<14} {s['reached']:>7} {fmt(s['median_time_to_target_s'], '.2f'):>13} "
-              f"{fmt(s['median_steps_to_target'], '.0f'):>12} {fmt(s['median_speedup'], '.2f'):>8} "
-              f"{s['final_eval_loss']:>10.4g} {s['final_vs_plain']:>+8.1%} {s['predicted_fraction']:>9.1%} "
-              f"{s['rollbacks']:>9} {fmt(s['predicted_step_cost'], '.3f'):>9} {fmt(s['predicted_step_mean_cost'], '.3f'):>9}")
-    print("speed-up: plain time to target / variant time to target (median over seeds; '-' when a seed "
-          "missed the target). pred cost: median predicted step time / median real step time (mean cost: "
-          "the mean, loss checks included).")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+                if (task, variant) in NOT_APPLICABLE:
+                    continue
+                extra = VARIANTS[variant] + (args.nowcast_overrides if "nowcast" in variant else [])
+                if "nowcast" in variant and metric == "rel_l2":
+                    extra = extra + NOWCAST_PINN
+                full = overrides + extra
+                key = settings_key(preset, full)
+                done = entry["runs"].setdefault(variant, {}).get(str(seed))
+                if done and done.get("key") == key:
+                    continue
+                started = time.perf_counter()
+                result = run_one(preset, metric, full, every, seed, Path("runs/bench-hybrid") / task / variant)
+                result.update(key=key, overrides=full, wall_s=time.perf_counter() - started, load=os.getloadavg())
+                entry["runs"][variant][str(seed)] = result
+                print(f"{task} {variant} seed {seed}: final {metric} {result['final']:.4g}, "
+                      f"{result['wall_s']:.0f} s", flush=True)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                tmp = out.with_suffix(".tmp")
+                tmp.write_text(json.dumps(results, indent=1))
+                tmp.replace(out)
+    results["load"][-1]["after"] = os.getloadavg()
+    out.write_text(json.dumps(results, indent=1))
+    print()
+    print(table(results))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
