@@ -56,20 +56,21 @@ TASKS = {
     "burgers-adam": ("burgers", "rel_l2", ["run.steps=2000", *PINN_FULL, "task.eval_grid=[128, 64]"],
                      ["run.steps=600", "sampler.n=1000", "task.eval_grid=[64, 32]"], 50),
     "burgers-e2e": ("burgers", "rel_l2", ["task.eval_grid=[128, 64]"],
-                    ["run.steps=650", "schedule.stages[0].steps=600", "sampler.n=1000",
-                     "task.eval_grid=[64, 32]"], 50),
+                    ["run.steps=620", "sampler.n=1000", "task.eval_grid=[64, 32]",
+                     "schedule.stages=[{name='adam', steps=600}, {name='lbfgs', optimizer={use='lbfgs', max_iter=20, "
+                     "history_size=50, tolerance_grad=0.0, tolerance_change=0.0}}]"], 10),
     "lm-constant": ("lm", "eval_loss", ["run.steps=400", "task.eval_batches=4",
                                         "lr_schedule={use='constant', warmup_steps=20}"],
-                    ["run.steps=150"], 20),
+                    ["run.steps=160"], 20),
     "lm-wsd": ("lm", "eval_loss", ["run.steps=400", "task.eval_batches=4",
                                    "lr_schedule={use='wsd', warmup_steps=20, decay_fraction=0.2}"],
-               ["run.steps=150"], 20),
+               ["run.steps=160"], 20),
     "regression": ("regression", "eval_loss", ["run.steps=1000", "lr_schedule={use='constant'}"],
                    ["run.steps=600"], 25),
     "helmholtz2d": ("helmholtz2d", "rel_l2", ["run.steps=500", *PINN_FULL, "task.eval_grid=[64]"],
                     ["run.steps=300", "sampler.n=1000", "task.eval_grid=[32]"], 25),
 }
-NOWCAST_PINN = ["schedule.probe_batches=1"]  # full-batch tasks: every probe batch is the same
+NOWCAST_QUICK = ["schedule.start=40", "schedule.every=10"]  # --quick: short runs still jump
 VARIANTS = {
     "plain": [],
     "hybrid+linear": ["schedule={use='hybrid'}", "dynamics={use='linear'}"],
@@ -83,40 +84,50 @@ NOT_APPLICABLE = {("burgers-e2e", "hybrid+linear"): "the hybrid schedule has no 
                   ("lm-wsd", "hybrid+linear"): "a decaying schedule cannot be matched in real steps"}
 
 
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
 class Timeline:
     """Training time (evaluation excluded), an evaluation every ``every`` real steps, step times.
 
     It counts real steps itself and keeps the count in checkpoints, so a rollback (the loop
     restores every plugin's state) brings the count back and drops the evaluations of the
-    abandoned branch."""
+    abandoned branch. Step times are kept per phase; a step during which a jump was judged
+    (the ``jump_*`` events) is kept apart, so the cost of jumping can be read off."""
 
-    def __init__(self, every: int, metric: str, cap: int) -> None:
-        self.every, self.metric, self.cap = every, metric, cap
+    def __init__(self, every: int, metric: str, cap: int, clock: str) -> None:
+        self.every, self.metric, self.cap, self.clock = every, metric, cap, CLOCKS[clock]
         self.real = 0
         self.evals: list[tuple[int, float, float]] = []  # (real steps, training seconds, quality)
-        self.real_step_s: list[float] = []
-        self.predicted_step_s: list[float] = []
+        self.step_s: dict[str, list[float]] = {}  # by phase name, and "judge"
         self._eval_s = 0.0
+        self._judged = False
 
     @hookimpl
     def train_start(self) -> None:
-        self._start = time.perf_counter()
+        self._start = self.clock()
 
     @hookimpl
     def pre_step(self) -> None:
-        self._t0 = time.perf_counter()
+        self._t0 = self.clock()
+
+    @hookimpl
+    def event(self, name: str) -> None:
+        self._judged = self._judged or name.startswith("jump_")
 
     @hookimpl(trylast=True)
     def post_step(self, trainer) -> None:
-        now = time.perf_counter()
-        (self.real_step_s if trainer.phase.real else self.predicted_step_s).append(now - self._t0)
+        now = self.clock()
+        kind = "judge" if self._judged else trainer.phase.name
+        self.step_s.setdefault(kind, []).append(now - self._t0)
+        self._judged = False
         if not trainer.phase.real:
             return
         self.real += 1
         if self.real % self.every == 0:
             trained = now - self._start - self._eval_s
             value = float(trainer.evaluate()[self.metric])
-            self._eval_s += time.perf_counter() - now
+            self._eval_s += self.clock() - now
             self.evals.append((self.real, trained, value))
         if self.real >= self.cap:
             trainer.request_stop()
@@ -132,7 +143,7 @@ class Timeline:
             self.evals = [e for e in self.evals if e[0] <= self.real]
 
 
-def run_one(preset: str, metric: str, overrides: list[str], every: int, seed: int, out: Path) -> dict:
+def run_one(preset: str, metric: str, overrides: list[str], every: int, seed: int, out: Path, clock: str) -> dict:
     config = phasetrain.config.load(preset, overrides)
     real = config.run.steps
     args = [*overrides, f"run.seed={seed}", f"run.out_dir='{out}'", "run.checkpoint_every=0", "run.eval_every=0",
@@ -140,26 +151,33 @@ def run_one(preset: str, metric: str, overrides: list[str], every: int, seed: in
     hybrid = config.schedule.use == "hybrid"
     if hybrid:  # predicted steps come on top of the real ones (at most 2 more per real step)
         args.append(f"run.steps={3 * real}")
-    timeline = Timeline(every, metric, real)
+    timeline = Timeline(every, metric, real, clock)
     trainer = phasetrain.Trainer.from_config(preset, args, plugins=[timeline])
     with contextlib.redirect_stdout(io.StringIO()):
         trainer.fit()
     schedule = trainer.schedule
+    times = {k: statistics.median(v) for k, v in timeline.step_s.items()}
+    real_phases = [k for k in timeline.step_s if k not in ("judge", "predict", "jump", "settle")]
     result = {
         "evals": timeline.evals,
         "real_steps": timeline.real,
         "train_s": timeline.evals[-1][1] if timeline.evals else None,
         "final": timeline.evals[-1][2] if timeline.evals else None,
-        "real_step_s": statistics.median(timeline.real_step_s),
+        "real_step_s": statistics.median([t for k in real_phases for t in timeline.step_s[k]]),
+        "step_s": {k: [statistics.median(v), len(v)] for k, v in timeline.step_s.items()},
     }
     if hybrid:
         result.update(predicted_steps=schedule.predicted_steps, rollbacks=schedule.rollbacks, returns=schedule.returns,
-                      predicted_step_s=statistics.fmean(timeline.predicted_step_s) if timeline.predicted_step_s else None)
+                      predicted_step_s=statistics.fmean(timeline.step_s["predict"]) if "predict" in times else None)
     if config.schedule.use == "nowcast":
         c = schedule.controller
+        # what a jump adds: its step and its judging step, beyond an ordinary step of those phases
+        settle = times.get("settle", result["real_step_s"])
+        extra = sum(t - result["real_step_s"] for t in timeline.step_s.get("jump", []))
+        extra += sum(t - settle for t in timeline.step_s.get("judge", []))
         result.update(jumps=c.jumps, kept=c.kept, rollbacks=schedule.rollbacks, probes=schedule.probes,
-                      probe_s=schedule.probe_seconds, jump_s=schedule.jump_seconds,
-                      wasted_steps=schedule.rollbacks * (schedule.options.settle_steps + 1), final_ahead=c.ahead)
+                      jump_overhead_s=extra, wasted_steps=schedule.rollbacks * (schedule.options.settle_steps + 1),
+                      final_ahead=c.ahead)
     return result
 
 
@@ -168,6 +186,10 @@ def run_one(preset: str, metric: str, overrides: list[str], every: int, seed: in
 
 def time_to(evals: list, target: float) -> float | None:
     return next((seconds for _real, seconds, value in evals if value <= target), None)
+
+
+def steps_to(evals: list, target: float) -> int | None:
+    return next((real for real, _seconds, value in evals if value <= target), None)
 
 
 def target_of(plain: dict) -> float:
@@ -188,23 +210,24 @@ def summarize(task: str, runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
         seeds = sorted(s for s in by_seed if s in plain)
         if not seeds:
             continue
-        speedups, quality, reached = [], [], 0
+        speedups, step_speedups, quality, reached = [], [], [], 0
         for s in seeds:
             target = target_of(plain[s])
             t_plain, t = time_to(plain[s]["evals"], target), time_to(by_seed[s]["evals"], target)
+            n_plain, n = steps_to(plain[s]["evals"], target), steps_to(by_seed[s]["evals"], target)
             reached += t is not None
             speedups.append(t_plain / t if t else 0.0)
+            step_speedups.append(n_plain / n if n else 0.0)
             quality.append(by_seed[s]["final"] / plain[s]["final"])
         row = {"seeds": seeds, "speedups": speedups, "median_speedup": statistics.median(speedups),
                "interval": bootstrap_median(speedups), "above_1": sum(x > 1 for x in speedups), "reached": reached,
+               "step_speedup": statistics.median(step_speedups),
                "quality_ratio": statistics.median(quality), "final": statistics.median(by_seed[s]["final"] for s in seeds)}
         runs_ = [by_seed[s] for s in seeds]
         if "jumps" in runs_[0]:
             jumps = sum(r["jumps"] for r in runs_)
             row["kept"] = f"{sum(r['kept'] for r in runs_)}/{jumps}"
-            per_step = statistics.median(r["real_step_s"] for r in runs_)
-            row["probe_cost"] = (statistics.median(r["probe_s"] / max(1, r["probes"]) for r in runs_) / per_step)
-            row["jump_cost"] = statistics.median(r["jump_s"] / max(1, r["jumps"]) for r in runs_) / per_step
+            row["jump_cost"] = (sum(r["jump_overhead_s"] / r["real_step_s"] for r in runs_) / jumps) if jumps else None
             row["wasted"] = statistics.median(r["wasted_steps"] / r["real_steps"] for r in runs_)
         if "predicted_steps" in runs_[0]:
             row["predicted"] = statistics.median(r["predicted_steps"] / (r["predicted_steps"] + r["real_steps"]) for r in runs_)
@@ -215,8 +238,8 @@ def summarize(task: str, runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
 
 def table(results: dict) -> str:
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    lines = [f"{'task':<13} {'variant':<22} {'speed-up':>8} {'95% interval':>13} {'>1':>4} {'reached':>7} "
-             f"{'per seed':<32} {'quality':>7} {'kept':>7} {'probe':>6} {'jump':>6} {'wasted':>6} {'pred':>5}"]
+    lines = [f"{'task':<13} {'variant':<22} {'speed-up':>8} {'95% interval':>12} {'>1':>4} {'reached':>7} "
+             f"{'per seed':<30} {'steps':>5} {'quality':>7} {'kept':>6} {'jump':>5} {'wasted':>6} {'pred':>4}"]
     for task, entry in results["tasks"].items():
         rows = summarize(task, {v: {int(s): r for s, r in by.items()} for v, by in entry["runs"].items()})
         for variant in [v for v in VARIANTS if v in rows]:
@@ -225,19 +248,21 @@ def table(results: dict) -> str:
             lo, hi = r["interval"]
             per_seed = " ".join(f"{x:.2f}" for x in r["speedups"])
             lines.append(
-                f"{task:<13} {variant:<22} {r['median_speedup']:>8.2f} {f'{lo:.2f}-{hi:.2f}':>13} {r['above_1']:>2}/{n} "
-                f"{r['reached']:>5}/{n} {per_seed:<32} {r['quality_ratio']:>7.3f} {r.get('kept', '-'):>7} "
-                f"{fmt(r.get('probe_cost'), '.2f'):>6} {fmt(r.get('jump_cost'), '.2f'):>6} "
-                f"{fmt(r.get('wasted'), '.1%'):>6} {fmt(r.get('predicted'), '.0%'):>5}")
+                f"{task:<13} {variant:<22} {r['median_speedup']:>8.2f} {f'{lo:.2f}-{hi:.2f}':>12} {r['above_1']:>2}/{n} "
+                f"{r['reached']:>5}/{n} {per_seed:<30} {r['step_speedup']:>5.2f} {r['quality_ratio']:>7.3f} "
+                f"{r.get('kept', '-'):>6} {fmt(r.get('jump_cost'), '.1f'):>5} {fmt(r.get('wasted'), '.1%'):>6} "
+                f"{fmt(r.get('predicted'), '.0%'):>4}")
         for (t, v), why in NOT_APPLICABLE.items():
             if t == task:
                 lines.append(f"{task:<13} {v:<22} n/a: {why}")
+    clock = results.get("clock", "cpu")
     lines += [
-        "speed-up: plain's training time to the target / the variant's (target: median of plain's last three "
-        "evaluations; 0 = missed), median over seeds with a paired bootstrap 95 % interval; >1: seeds above 1.",
-        "quality: the variant's quality after the same real steps / plain's (median; < 1 is better). kept: jumps "
-        "kept / tried. probe, jump: seconds per probe and per jump (nowcast + move) in real steps; wasted: real "
-        "steps thrown away by rollbacks; pred: share of predicted steps (hybrid).",
+        f"speed-up: plain's training time ({clock} clock) to the target / the variant's (target: median of plain's "
+        "last three evaluations; 0 = missed), median over seeds with a paired bootstrap 95 % interval; >1: seeds "
+        "above 1. steps: the same in real steps (median). quality: the variant's quality after the same real steps / "
+        "plain's (median; < 1 is better). kept: jumps kept / tried. jump: time a jump adds (its step and its "
+        "judging step, probes included) in real steps; wasted: real steps thrown away by rollbacks; pred: share of "
+        "predicted steps (hybrid).",
     ]
     return "\n".join(lines)
 
@@ -253,6 +278,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="small sizes, 2 seeds, 3 tasks: a few minutes")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier timings)")
+    p.add_argument("--clock", choices=list(CLOCKS), default="cpu",
+                   help="cpu: this process's CPU time (default; with one thread, what a quiet machine's wall clock "
+                        "would show, and steady on a shared one); wall: elapsed time")
     p.add_argument("--set", dest="nowcast_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="an extra override for the nowcast variants, e.g. schedule.every=10")
     p.add_argument("--table", action="store_true", help="only print the table from --out")
@@ -269,7 +297,8 @@ def main() -> None:
             args.tasks = ["burgers-adam", "lm-constant", "regression"]
     torch.set_num_threads(args.threads)
     presets = load_registry().presets()
-    results.update(torch=torch.__version__, platform=platform.platform(), cpus=os.cpu_count(), threads=args.threads)
+    results.update(torch=torch.__version__, platform=platform.platform(), cpus=os.cpu_count(), threads=args.threads,
+                   clock=args.clock)
     results.setdefault("load", []).append({"before": os.getloadavg()})
     for task in args.tasks:
         preset, metric, overrides, quick, every = TASKS[task]
@@ -284,15 +313,15 @@ def main() -> None:
                 if (task, variant) in NOT_APPLICABLE:
                     continue
                 extra = VARIANTS[variant] + (args.nowcast_overrides if "nowcast" in variant else [])
-                if "nowcast" in variant and metric == "rel_l2":
-                    extra = extra + NOWCAST_PINN
+                if "nowcast" in variant:
+                    extra = extra + (NOWCAST_QUICK if args.quick else [])
                 full = overrides + extra
-                key = settings_key(preset, full)
+                key = settings_key(preset, full + [args.clock, str(args.threads)])
                 done = entry["runs"].setdefault(variant, {}).get(str(seed))
                 if done and done.get("key") == key:
                     continue
                 started = time.perf_counter()
-                result = run_one(preset, metric, full, every, seed, Path("runs/bench-hybrid") / task / variant)
+                result = run_one(preset, metric, full, every, seed, Path("runs/bench-hybrid") / task / variant, args.clock)
                 result.update(key=key, overrides=full, wall_s=time.perf_counter() - started, load=os.getloadavg())
                 entry["runs"][variant][str(seed)] = result
                 print(f"{task} {variant} seed {seed}: final {metric} {result['final']:.4g}, "

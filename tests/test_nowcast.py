@@ -391,6 +391,15 @@ def test_resume_mid_settle_continues_bitwise(quiet, tmp_path, settle):
         assert torch.equal(a, b)
 
 
+def test_probes_score_distinct_batches_and_a_full_batch_task_once(quiet):
+    from phasetrain.plugins.hybrid.probe import probe_batches
+
+    minibatch = phasetrain.Trainer.from_config("regression", [*quiet, "run.steps=1"])
+    assert len(probe_batches(minibatch, 4)) == 4
+    full = phasetrain.Trainer.from_config("regression", [*quiet, "run.steps=1", "task.batch_size=0"])
+    assert len(probe_batches(full, 4)) == 1
+
+
 # -- bad input -------------------------------------------------------------------------------------
 
 
@@ -426,7 +435,7 @@ def test_nowcast_runs_the_burgers_preset_end_to_end_with_jumps_in_the_adam_stage
         "burgers", [*quiet, "run.steps=64", "run.eval_every=0", "sampler.n=128", "task.n_initial=32",
                     "task.n_boundary=32", "task.hidden=8", "task.depth=2", "task.eval_grid=[8]", stages,
                     "schedule.use='nowcast'", "schedule.start=5", "schedule.every=4", "schedule.settle_steps=3",
-                    "schedule.probe_batches=1", "schedule.tolerance=1e9", "dynamics={use='linefit'}"],
+                    "schedule.tolerance=1e9", "dynamics={use='linefit'}"],
         plugins=[phases])
     trainer.fit()
     assert trainer.schedule.controller.jumps >= 2

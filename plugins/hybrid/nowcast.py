@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from typing import Any
 
 import attrs
@@ -206,8 +205,6 @@ class Nowcast(Staged):
         self._probe: list[Any] | None = None  # the probe's batches for this jump (the same at judgement)
         self.rollbacks = 0
         self.probes = 0
-        self.probe_seconds = 0.0
-        self.jump_seconds = 0.0  # nowcasting and moving the weights
 
     @property
     def dynamics(self) -> Any:
@@ -232,13 +229,10 @@ class Nowcast(Staged):
     # -- probing ------------------------------------------------------------------------------
 
     def _probe_loss(self, trainer: Any) -> float:
-        started = time.perf_counter()
         if self._probe is None:  # e.g. resumed while settling: the same batches, fetched again
             self._probe = probe_batches(trainer, self.options.probe_batches)
-        loss = probe_loss(trainer, self._probe)
         self.probes += 1
-        self.probe_seconds += time.perf_counter() - started
-        return loss
+        return probe_loss(trainer, self._probe)
 
     # -- the jump --------------------------------------------------------------------------
 
@@ -258,7 +252,6 @@ class Nowcast(Staged):
         self._probe = None
         self.reference = self._probe_loss(trainer)
         self.expected = c.forecast(self.reference)
-        started = time.perf_counter()
         with torch.no_grad():
             torch._foreach_add_(trainer.trainable, self.dynamics.nowcast(self.history, c.ahead))
             if self.options.moments == "scale":
@@ -266,7 +259,6 @@ class Nowcast(Staged):
                     for key in FIRST_MOMENTS:
                         if isinstance(value := state.get(key), torch.Tensor):
                             value.mul_(self.options.moment_scale)
-        self.jump_seconds += time.perf_counter() - started
         return None
 
     @hookimpl(tryfirst=True)

@@ -20,6 +20,7 @@ recorded from a family of tasks, ``burgers`` and ``lm`` held out; they ship in
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -124,13 +125,17 @@ class NowcasterOptions(SnapshotOptions):
 class LearnedNowcaster(SnapshotDynamics):
     """The learned per-parameter nowcaster (see the module docstring)."""
 
+    kind = "nowcaster"
+
     def __init__(self, options: NowcasterOptions, ctx: Any):
         super().__init__(options, ctx)
         try:
             saved = load_weights(options.weights or None)
-        except (OSError, RuntimeError) as exc:
-            raise BadInput(f"dynamics.weights: cannot load nowcaster weights from {options.weights!r}: {exc}") from None
-        self.net = build_net(saved)
+            self.net = build_net(saved)
+        except (OSError, RuntimeError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as exc:
+            where = options.weights or "the shipped file"
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BadInput(f"dynamics.weights: cannot load nowcaster weights from {where}: {first}") from None
         self.snapshots = int(saved["snapshots"])
 
     def nowcast(self, history: Sequence[Sequence[torch.Tensor]], ahead: float) -> Tensors:

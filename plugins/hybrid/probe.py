@@ -21,10 +21,29 @@ class ForwardLoss(Protocol):
     def forward_loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor: ...
 
 
+def _tensors(batch: Any) -> list[torch.Tensor]:
+    if isinstance(batch, torch.Tensor):
+        return [batch]
+    if isinstance(batch, (tuple, list)):
+        return [t for item in batch for t in _tensors(item)]
+    if isinstance(batch, dict):
+        return [t for item in batch.values() for t in _tensors(item)]
+    return []
+
+
 def probe_batches(trainer: Any, count: int) -> list[Any]:
-    """Batches ``-1 .. -count`` of the task, this process's share of each."""
+    """Batches ``-1 .. -count`` of the task, this process's share of each. A batch made of the
+    very tensors of an earlier one (a full-batch task, such as a PINN) is left out: it would
+    only be scored twice."""
     task, strategy = trainer.task, trainer.strategy
-    return [strategy.shard(task.batch(-1 - i)) for i in range(count)]
+    raw, seen = [], set()  # raw keeps the batches alive, so their ids stay theirs
+    for i in range(count):
+        batch = task.batch(-1 - i)
+        key = tuple(id(t) for t in _tensors(batch))
+        if not (key and key in seen):
+            seen.add(key)
+            raw.append(batch)
+    return [strategy.shard(batch) for batch in raw]
 
 
 def probe_loss(trainer: Any, batches: list[Any]) -> float:

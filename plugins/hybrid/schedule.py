@@ -298,7 +298,7 @@ class Hybrid:
 def phasetrain_kinds() -> list[Kind]:
     from phasetrain.plugins.hybrid.dynamics import Dynamics
 
-    return [Kind("dynamics", "predicted weight updates, loss and confidence for the hybrid schedule",
+    return [Kind("dynamics", "predicted weight updates for the hybrid schedule (single steps) and nowcast (jumps)",
                  Dynamics, contracts="phasetrain.plugins.hybrid.contracts")]
 
 

@@ -157,6 +157,8 @@ class SnapshotDynamics:
 class LineFit(SnapshotDynamics):
     """Per-scalar least-squares line through the snapshots, read ``ahead`` spacings on."""
 
+    kind = "linefit"
+
     def __init__(self, options: LineFitOptions, ctx: Any):
         super().__init__(options, ctx)
         self.snapshots = options.snapshots
