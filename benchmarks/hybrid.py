@@ -287,7 +287,9 @@ def main() -> None:
     p.add_argument("--out", default="")
     args = p.parse_args()
     out = Path(args.out or ("benchmarks/results/hybrid-quick.json" if args.quick else "benchmarks/results/hybrid.json"))
-    results = json.loads(out.read_text()) if out.exists() else {"tasks": {}}
+    results = json.loads(out.read_text()) if out.exists() else {}
+    if "tasks" not in results:  # none yet, or a file from the benchmark before issue 17
+        results = {"tasks": {}}
     if args.table:
         print(table(results))
         return
