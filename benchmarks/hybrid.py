@@ -90,30 +90,36 @@ CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 class Timeline:
     """Training time (evaluation excluded), an evaluation every ``every`` real steps, step times.
 
-    It counts real steps itself and keeps the count in checkpoints, so a rollback (the loop
-    restores every plugin's state) brings the count back and drops the evaluations of the
-    abandoned branch. Step times are kept per phase; a step during which a jump was judged
-    (the ``jump_*`` events) is kept apart, so the cost of jumping can be read off."""
+    A step is timed from the end of the previous one (so phase changes, probes on entering a
+    phase and applied rollbacks are inside it). Real steps are counted twice: ``real`` is where
+    the run stands (kept in checkpoints, so a rollback brings it back and drops the evaluations of
+    the abandoned branch) and ``executed`` is the work done (never rolled back). Steps that
+    jumped or judged a jump, and predicted steps, are counted apart, for the work measure."""
 
     def __init__(self, every: int, metric: str, cap: int, clock: str) -> None:
         self.every, self.metric, self.cap, self.clock = every, metric, cap, CLOCKS[clock]
         self.real = 0
-        self.evals: list[tuple[int, float, float]] = []  # (real steps, training seconds, quality)
-        self.step_s: dict[str, list[float]] = {}  # by phase name, and "judge"
+        self.work = {"executed": 0, "jump": 0, "judge": 0, "predict": 0}
+        self.evals: list[list] = []  # [real steps, training seconds, quality, work counts so far]
+        self.step_s: dict[str, list[float]] = {}  # by phase name, "judge" for a judging step
+        self.verdicts: list[dict] = []  # every judged jump: its fields and the real step it was judged at
         self._eval_s = 0.0
         self._judged = False
 
     @hookimpl
     def train_start(self) -> None:
-        self._start = self.clock()
+        self._start = self._t0 = self.clock()
 
     @hookimpl
-    def pre_step(self) -> None:
-        self._t0 = self.clock()
+    def event(self, name: str, fields) -> None:
+        if name.startswith("jump_"):
+            self._judged = True
+            self.verdicts.append({"real": self.real + 1, **fields})
 
     @hookimpl
-    def event(self, name: str) -> None:
-        self._judged = self._judged or name.startswith("jump_")
+    def phase_enter(self, phase, previous) -> None:
+        # hybrid: entering Correct from Predict probes the loss and may roll back: a judgement too
+        self._judged = self._judged or (phase.name == "correct" and previous is not None and previous.name == "predict")
 
     @hookimpl(trylast=True)
     def post_step(self, trainer) -> None:
@@ -121,16 +127,21 @@ class Timeline:
         kind = "judge" if self._judged else trainer.phase.name
         self.step_s.setdefault(kind, []).append(now - self._t0)
         self._judged = False
+        if kind in ("jump", "judge"):
+            self.work[kind] += 1
         if not trainer.phase.real:
-            return
-        self.real += 1
-        if self.real % self.every == 0:
-            trained = now - self._start - self._eval_s
-            value = float(trainer.evaluate()[self.metric])
-            self._eval_s += self.clock() - now
-            self.evals.append((self.real, trained, value))
-        if self.real >= self.cap:
-            trainer.request_stop()
+            self.work["predict"] += 1
+        else:
+            self.real += 1
+            self.work["executed"] += 1
+            if self.real % self.every == 0:
+                trained = now - self._start - self._eval_s
+                value = float(trainer.evaluate()[self.metric])
+                self.evals.append([self.real, trained, value, dict(self.work)])
+            if self.real >= self.cap:
+                trainer.request_stop()
+        self._t0 = self.clock()
+        self._eval_s += self._t0 - now
 
     @hookimpl
     def checkpoint(self, state) -> None:
@@ -156,27 +167,33 @@ def run_one(preset: str, metric: str, overrides: list[str], every: int, seed: in
     with contextlib.redirect_stdout(io.StringIO()):
         trainer.fit()
     schedule = trainer.schedule
-    times = {k: statistics.median(v) for k, v in timeline.step_s.items()}
-    real_phases = [k for k in timeline.step_s if k not in ("judge", "predict", "jump", "settle")]
+    steps = timeline.step_s
+    median = {k: statistics.median(v) for k, v in steps.items()}
+    plain_kinds = [k for k in steps if k not in ("judge", "predict", "jump")]
+    unit = statistics.median([t for k in plain_kinds for t in steps[k]])  # an ordinary real step
+    # What each kind of step costs beyond an ordinary real step, in real steps (medians: robust to
+    # bursts of load). Predicted steps cost their mean (loss checks included), not one step.
+    extra = {"executed": 1.0, "jump": max(0.0, median.get("jump", unit) / unit - 1),
+             "judge": max(0.0, median.get("judge", unit) / unit - 1),
+             "predict": statistics.fmean(steps["predict"]) / unit if "predict" in steps else 0.0}
+    for e in timeline.evals:
+        e[3] = sum(extra[k] * n for k, n in e[3].items())  # work so far, in real steps
     result = {
-        "evals": timeline.evals,
+        "evals": timeline.evals,  # [real steps, training seconds, quality, work in real steps]
         "real_steps": timeline.real,
+        "executed": timeline.work["executed"],
         "train_s": timeline.evals[-1][1] if timeline.evals else None,
         "final": timeline.evals[-1][2] if timeline.evals else None,
-        "real_step_s": statistics.median([t for k in real_phases for t in timeline.step_s[k]]),
-        "step_s": {k: [statistics.median(v), len(v)] for k, v in timeline.step_s.items()},
+        "real_step_s": unit,
+        "step_cost": extra,
+        "step_s": {k: [median[k], len(v)] for k, v in steps.items()},
     }
     if hybrid:
-        result.update(predicted_steps=schedule.predicted_steps, rollbacks=schedule.rollbacks, returns=schedule.returns,
-                      predicted_step_s=statistics.fmean(timeline.step_s["predict"]) if "predict" in times else None)
+        result.update(predicted_steps=schedule.predicted_steps, rollbacks=schedule.rollbacks, returns=schedule.returns)
     if config.schedule.use == "nowcast":
         c = schedule.controller
-        # what a jump adds: its step and its judging step, beyond an ordinary step of those phases
-        settle = times.get("settle", result["real_step_s"])
-        extra = sum(t - result["real_step_s"] for t in timeline.step_s.get("jump", []))
-        extra += sum(t - settle for t in timeline.step_s.get("judge", []))
         result.update(jumps=c.jumps, kept=c.kept, rollbacks=schedule.rollbacks, probes=schedule.probes,
-                      jump_overhead_s=extra, wasted_steps=schedule.rollbacks * (schedule.options.settle_steps + 1),
+                      verdicts=timeline.verdicts, wasted_steps=timeline.work["executed"] - timeline.real,
                       final_ahead=c.ahead)
     return result
 
@@ -184,12 +201,10 @@ def run_one(preset: str, metric: str, overrides: list[str], every: int, seed: in
 # -- statistics ------------------------------------------------------------------------------------
 
 
-def time_to(evals: list, target: float) -> float | None:
-    return next((seconds for _real, seconds, value in evals if value <= target), None)
-
-
-def steps_to(evals: list, target: float) -> int | None:
-    return next((real for real, _seconds, value in evals if value <= target), None)
+def first(evals: list, target: float, column: int) -> float | None:
+    """Column ``column`` of the first evaluation at or below ``target`` (1: seconds, 0: real
+    steps, 3: work in real steps)."""
+    return next((e[column] for e in evals if e[2] <= target), None)
 
 
 def target_of(plain: dict) -> float:
@@ -210,24 +225,28 @@ def summarize(task: str, runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
         seeds = sorted(s for s in by_seed if s in plain)
         if not seeds:
             continue
-        speedups, step_speedups, quality, reached = [], [], [], 0
+        speedups, work_speedups, step_speedups, quality, reached = [], [], [], [], 0
         for s in seeds:
-            target = target_of(plain[s])
-            t_plain, t = time_to(plain[s]["evals"], target), time_to(by_seed[s]["evals"], target)
-            n_plain, n = steps_to(plain[s]["evals"], target), steps_to(by_seed[s]["evals"], target)
-            reached += t is not None
-            speedups.append(t_plain / t if t else 0.0)
-            step_speedups.append(n_plain / n if n else 0.0)
+            target, mine, base = target_of(plain[s]), by_seed[s]["evals"], plain[s]["evals"]
+            ratios = []
+            for column in (1, 3, 0):
+                b, v = first(base, target, column), first(mine, target, column)
+                ratios.append(b / v if v else 0.0)
+            reached += first(mine, target, 0) is not None
+            speedups.append(ratios[0]), work_speedups.append(ratios[1]), step_speedups.append(ratios[2])
             quality.append(by_seed[s]["final"] / plain[s]["final"])
         row = {"seeds": seeds, "speedups": speedups, "median_speedup": statistics.median(speedups),
                "interval": bootstrap_median(speedups), "above_1": sum(x > 1 for x in speedups), "reached": reached,
+               "work_speedups": work_speedups, "median_work_speedup": statistics.median(work_speedups),
+               "work_interval": bootstrap_median(work_speedups), "work_above_1": sum(x > 1 for x in work_speedups),
                "step_speedup": statistics.median(step_speedups),
                "quality_ratio": statistics.median(quality), "final": statistics.median(by_seed[s]["final"] for s in seeds)}
         runs_ = [by_seed[s] for s in seeds]
         if "jumps" in runs_[0]:
             jumps = sum(r["jumps"] for r in runs_)
             row["kept"] = f"{sum(r['kept'] for r in runs_)}/{jumps}"
-            row["jump_cost"] = (sum(r["jump_overhead_s"] / r["real_step_s"] for r in runs_) / jumps) if jumps else None
+            row["jump_cost"] = statistics.median(r["step_cost"]["jump"] + r["step_cost"]["judge"] for r in runs_
+                                                 if r["jumps"]) if jumps else None
             row["wasted"] = statistics.median(r["wasted_steps"] / r["real_steps"] for r in runs_)
         if "predicted_steps" in runs_[0]:
             row["predicted"] = statistics.median(r["predicted_steps"] / (r["predicted_steps"] + r["real_steps"]) for r in runs_)
@@ -238,37 +257,42 @@ def summarize(task: str, runs: dict[str, dict[int, dict]]) -> dict[str, dict]:
 
 def table(results: dict) -> str:
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    lines = [f"{'task':<13} {'variant':<22} {'speed-up':>8} {'95% interval':>12} {'>1':>4} {'reached':>7} "
-             f"{'per seed':<30} {'steps':>5} {'quality':>7} {'kept':>6} {'jump':>5} {'wasted':>6} {'pred':>4}"]
+    lines = [f"{'task':<13} {'variant':<22} {'work':>5} {'95% interval':>12} {'>1':>4} {'time':>5} {'95% interval':>12} "
+             f"{'>1':>4} {'reached':>7} {'steps':>5} {'quality':>7} {'kept':>6} {'jump':>5} {'wasted':>6} {'pred':>4}  "
+             "work speed-up per seed"]
     for task, entry in results["tasks"].items():
         rows = summarize(task, {v: {int(s): r for s, r in by.items()} for v, by in entry["runs"].items()})
         for variant in [v for v in VARIANTS if v in rows]:
             r = rows[variant]
             n = len(r["seeds"])
-            lo, hi = r["interval"]
-            per_seed = " ".join(f"{x:.2f}" for x in r["speedups"])
+            (lo, hi), (wlo, whi) = r["interval"], r["work_interval"]
             lines.append(
-                f"{task:<13} {variant:<22} {r['median_speedup']:>8.2f} {f'{lo:.2f}-{hi:.2f}':>12} {r['above_1']:>2}/{n} "
-                f"{r['reached']:>5}/{n} {per_seed:<30} {r['step_speedup']:>5.2f} {r['quality_ratio']:>7.3f} "
-                f"{r.get('kept', '-'):>6} {fmt(r.get('jump_cost'), '.1f'):>5} {fmt(r.get('wasted'), '.1%'):>6} "
-                f"{fmt(r.get('predicted'), '.0%'):>4}")
+                f"{task:<13} {variant:<22} {r['median_work_speedup']:>5.2f} {f'{wlo:.2f}-{whi:.2f}':>12} "
+                f"{r['work_above_1']:>2}/{n} {r['median_speedup']:>5.2f} {f'{lo:.2f}-{hi:.2f}':>12} {r['above_1']:>2}/{n} "
+                f"{r['reached']:>5}/{n} {r['step_speedup']:>5.2f} {r['quality_ratio']:>7.3f} {r.get('kept', '-'):>6} "
+                f"{fmt(r.get('jump_cost'), '.1f'):>5} {fmt(r.get('wasted'), '.1%'):>6} {fmt(r.get('predicted'), '.0%'):>4}  "
+                + " ".join(f"{x:.2f}" for x in r["work_speedups"]))
         for (t, v), why in NOT_APPLICABLE.items():
             if t == task:
                 lines.append(f"{task:<13} {v:<22} n/a: {why}")
     clock = results.get("clock", "cpu")
     lines += [
-        f"speed-up: plain's training time ({clock} clock) to the target / the variant's (target: median of plain's "
-        "last three evaluations; 0 = missed), median over seeds with a paired bootstrap 95 % interval; >1: seeds "
-        "above 1. steps: the same in real steps (median). quality: the variant's quality after the same real steps / "
-        "plain's (median; < 1 is better). kept: jumps kept / tried. jump: time a jump adds (its step and its "
-        "judging step, probes included) in real steps; wasted: real steps thrown away by rollbacks; pred: share of "
-        "predicted steps (hybrid).",
+        "work: speed-up to the target in work (real steps executed, rolled-back ones included, plus what probes, "
+        "nowcasts and predicted steps cost, each measured against an ordinary real step of the same run); time: "
+        f"the same in training time ({clock} clock). Target: median of plain's last three evaluations (0 = missed). "
+        "Median over seeds with a paired bootstrap 95 % interval; >1: seeds above 1. steps: real steps to the target "
+        "(median ratio). quality: the variant's quality after the same real steps / plain's (median; < 1 is better). "
+        "kept: jumps kept / tried. jump: what a jump and its judgement add, in real steps; wasted: real steps thrown "
+        "away by rollbacks; pred: share of predicted steps (hybrid).",
     ]
     return "\n".join(lines)
 
 
+FORMAT = 2  # of a run's record; records of another format are run again
+
+
 def settings_key(preset: str, overrides: list[str]) -> str:
-    return hashlib.sha256(json.dumps([preset, overrides]).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([FORMAT, preset, overrides]).encode()).hexdigest()[:16]
 
 
 def main() -> None:
