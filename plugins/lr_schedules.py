@@ -2,17 +2,20 @@
 
 Each factory gets ``ctx.optimizer`` and ``ctx.steps`` (the steps the optimizer will take) and
 returns a scheduler that the kernel steps once per optimizer step. ``warmup_steps`` prepends a
-linear warm-up (LinearLR) through SequentialLR.
+linear warm-up (LinearLR) through SequentialLR. ``wsd`` (warmup-stable-decay) is a LambdaLR:
+constant after the warm-up, then a decay over the last ``decay_fraction`` of the steps.
 
 A resumed run may change ``run.steps``. ``constant``, ``step`` and ``exponential`` do not depend on
 the length of the run and simply go on. ``cosine`` and ``onecycle`` are shaped by it: they keep
 the plan they were made with (it is part of their checkpointed state) and, past its last step,
 hold its final learning rate; a resume that lengthens or shortens the run says so. To decay over
-a new length instead, start a new run.
+a new length instead, start a new run. ``wsd`` is shaped from the run's current length on every
+build: a resume that changes ``run.steps`` moves its decay to the new last steps.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -20,7 +23,7 @@ import attrs
 from torch.optim import lr_scheduler as sched
 
 from phasetrain import Component, hookimpl
-from phasetrain.config import non_negative, positive, probability
+from phasetrain.config import non_negative, one_of, positive, probability
 
 
 @attrs.define
@@ -98,6 +101,15 @@ def _plan(schedule: Any, steps: int) -> Any:
     return schedule
 
 
+@attrs.define
+class WSDOptions:
+    warmup_steps: int = attrs.field(default=0, validator=non_negative)
+    decay_fraction: float = attrs.field(default=0.2, validator=probability)  # the last steps that decay
+    min_lr_ratio: float = attrs.field(default=0.0, validator=probability)  # final lr / initial lr
+    # "sqrt": 1 - sqrt(progress), as in Hägele et al. (2024); "linear"; "cosine"
+    shape: str = attrs.field(default="sqrt", validator=one_of("sqrt", "linear", "cosine"))
+
+
 def _with_warmup(optimizer: Any, warmup: int, main: Any, sequential: type = sched.SequentialLR) -> Any:
     if warmup <= 0:
         return main
@@ -133,6 +145,24 @@ def onecycle(o: OneCycleOptions, ctx: Any) -> Any:
     return _plan(PlannedOneCycleLR(ctx.optimizer, max_lr=peak, total_steps=total, pct_start=o.pct_start), total)
 
 
+def wsd(o: WSDOptions, ctx: Any) -> Any:
+    total = max(1, ctx.steps)
+    decay = round(o.decay_fraction * total)
+    start = total - decay
+    shapes = {"sqrt": lambda x: 1 - math.sqrt(x), "linear": lambda x: 1 - x,
+              "cosine": lambda x: 0.5 * (1 + math.cos(math.pi * x))}
+    shape = shapes[o.shape]
+
+    def factor(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / (o.warmup_steps + 1)
+        if step < start:
+            return 1.0
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * shape(min(1.0, (step - start) / max(1, decay)))
+
+    return sched.LambdaLR(ctx.optimizer, factor)
+
+
 @hookimpl
 def phasetrain_components() -> list[Component]:
     return [
@@ -143,4 +173,5 @@ def phasetrain_components() -> list[Component]:
         Component("lr_schedule", "exponential", exponential, ExponentialOptions, "multiply by gamma every step"),
         Component("lr_schedule", "onecycle", onecycle, OneCycleOptions,
                   "one-cycle policy (OneCycleLR) over the planned steps, then held"),
+        Component("lr_schedule", "wsd", wsd, WSDOptions, "warmup, stable, then decay over the last steps"),
     ]

@@ -201,19 +201,19 @@ class StopInPredict:
             trainer.stop_requested = True
 
 
-@pytest.mark.parametrize("dynamics", ["linear", "rssm"])
+@pytest.mark.parametrize("dynamics", ["linear", "linefit"])
 def test_resume_mid_predict_continues_identically(quiet, tmp_path, dynamics):
     args = [a for a in quiet if "out_dir" not in a]
-    if dynamics == "rssm":  # trust it from the start so that it predicts in a short run
-        args += ["dynamics={use='rssm', window=3, min_scored=1}", "schedule.force_confidence=1.0"]
-    whole = hybrid([*args, f"run.out_dir='{tmp_path / 'a'}'"])
+    # linefit: snapshots every 3 steps, so that it predicts in a short run
+    model = "dynamics={use='linear', window=3}" if dynamics == "linear" else "dynamics={use='linefit', every=3, snapshots=3}"
+    whole = hybrid([*args, f"run.out_dir='{tmp_path / 'a'}'"], model)
     whole.fit()
-    assert whole.schedule.predicted_steps > 0
+    assert whole.schedule.predicted_steps > 0 and whole.schedule.dynamics.kind == dynamics
     stopper = StopInPredict()
-    first = hybrid([*args, f"run.out_dir='{tmp_path / 'b'}'"], plugins=[stopper])
+    first = hybrid([*args, f"run.out_dir='{tmp_path / 'b'}'"], model, plugins=[stopper])
     first.fit()
     assert stopper.stopped_at is not None and first.schedule.controller.phase == "predict"
-    second = hybrid([*args, f"run.out_dir='{tmp_path / 'b'}'"])
+    second = hybrid([*args, f"run.out_dir='{tmp_path / 'b'}'"], model)
     second.resume(report=lambda _m: None)
     second.fit()
     assert second.schedule.predicted_steps == whole.schedule.predicted_steps
@@ -231,9 +231,10 @@ def test_hybrid_without_dynamics_is_a_clear_error(quiet):
         phasetrain.Trainer.from_config("regression", [*quiet, "run.steps=5", "schedule={use='hybrid'}"])
 
 
-@pytest.mark.parametrize("dynamics", ["linear", "rssm"])
+@pytest.mark.parametrize("dynamics", ["linear", "linefit", "nowcaster"])
 def test_dynamics_predictions_fit_the_parameters_and_confidence_is_bounded(quiet, dynamics):
-    trainer = hybrid(quiet, f"dynamics={{use='{dynamics}', window=3}}", "run.steps=40")
+    window = "window=3" if dynamics == "linear" else "every=3"
+    trainer = hybrid(quiet, f"dynamics={{use='{dynamics}', {window}}}", "run.steps=40")
     trainer.fit()
     model = trainer.schedule.dynamics
     deltas = model.predict(trainer.trainable, 1e-3)
@@ -244,20 +245,6 @@ def test_dynamics_predictions_fit_the_parameters_and_confidence_is_bounded(quiet
     import math
 
     assert math.isfinite(model.predicted_loss(3))
-
-
-def test_rssm_is_not_trusted_before_it_beats_linear_on_held_out_steps(quiet):
-    trainer = hybrid(quiet, "dynamics={use='rssm', window=3, min_scored=1000}", "run.steps=40",
-                     "schedule.confidence_threshold=0.01")
-    trainer.fit()
-    model = trainer.schedule.dynamics
-    assert model.scored > 0 and not model.trusted
-    assert model.confidence == 0.0 and trainer.schedule.predicted_steps == 0
-    model.options.min_scored = 1
-    model.err_rssm, model.err_base = 1.0, 2.0
-    assert model.trusted and model.confidence == model.score
-    model.err_rssm = 3.0
-    assert not model.trusted
 
 
 # -- overshoot: back to the best checked point ----------------------------------------------------

@@ -27,19 +27,29 @@ class Metrics:
 
 
 class ForwardDtypes:
-    """Records the dtype of the first layer's output at every training forward pass."""
+    """Records the dtype of the first layer's output at every forward pass but evaluation's
+    (training steps, and the hybrid schedule's probes, which run in eval mode)."""
 
     def __init__(self):
         self.seen = []
+        self.evaluating = False
 
     @hookimpl
     def train_start(self, trainer):
         first = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Linear))
         def record(module, _inputs, out):
-            if module.training:  # evaluation runs outside the policy's autocast
+            if not self.evaluating:  # evaluation runs outside the policy's autocast
                 self.seen.append((trainer.state.phase, out.dtype))
 
         first.register_forward_hook(record)
+
+    @hookimpl
+    def eval_start(self):
+        self.evaluating = True
+
+    @hookimpl
+    def eval_end(self):
+        self.evaluating = False
 
 
 class StopAt:

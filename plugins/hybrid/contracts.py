@@ -9,7 +9,11 @@ after weights moved otherwise, ``penalize`` after a rollback.
 - ``dynamics.confidence``: ``confidence`` is a number in [0, 1] at every point;
 - ``dynamics.state_round_trip``: ``state_dict()`` saved the way checkpoints save it and loaded
   into a fresh model gives the same state and the same predictions, now and after observing the
-  rest of the trajectory.
+  rest of the trajectory;
+- ``dynamics.nowcast`` (models that are also a ``Nowcaster``): for a history of snapshots along a
+  drawn trajectory, ``nowcast(history, ahead)`` gives finite tensors shaped like the parameters,
+  leaves the history untouched and gives the same answer twice; for a history that did not move
+  it predicts no move.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import torch
 from hypothesis import strategies as st
 
+from phasetrain.plugins.hybrid.dynamics import Nowcaster
 from phasetrain.testing import strategies
 from phasetrain.testing.bits import differences, through_checkpoint
 from phasetrain.testing.contract import context, contract
@@ -135,3 +140,40 @@ def state_round_trip(subject: Any, data: Any) -> None:
             _apply(model, params, trajectory[index])
             _apply(fresh, twin, trajectory[index])
             lr = trajectory[index].lr
+
+
+def _not_a_nowcaster(subject: Any) -> str | None:
+    model = subject.rebuild(subject.context_trainer(), subject.default_options())
+    return None if isinstance(model, Nowcaster) else "not a Nowcaster: it predicts single steps only"
+
+
+@contract("dynamics.nowcast", "dynamics", examples=8, applies=_not_a_nowcaster)
+def nowcast(subject: Any, data: Any) -> None:
+    """nowcast(history, ahead) is finite, shaped like the parameters, pure, and still for a still history."""
+    _options, _trainer, model, params, trajectory = _setup(subject, data)
+    k = model.snapshots
+    history = [[p.clone() for p in params]]
+    for step in trajectory:
+        history.append([h + d for h, d in zip(history[-1], step.delta, strict=True)])
+    while len(history) < k:
+        history.append([h + d for h, d in zip(history[-1], trajectory[-1].delta, strict=True)])
+    history = history[-k:]
+    kept = [[h.clone() for h in snap] for snap in history]
+    ahead = data.draw(st.floats(0.0, 16.0), label="ahead")
+    first = model.nowcast(history, ahead)
+    if len(first) != len(params):
+        subject.fail(f"nowcast gave {len(first)} tensors for {len(params)} parameters")
+    for i, (d, p) in enumerate(zip(first, params)):
+        if (d.shape, d.dtype, d.device) != (p.shape, p.dtype, p.device):
+            subject.fail(f"nowcast({ahead}): the displacement of parameter {i} is {tuple(d.shape)} {d.dtype} on "
+                         f"{d.device}; the parameter is {tuple(p.shape)} {p.dtype} on {p.device}")
+        if not bool(torch.isfinite(d).all()):
+            subject.fail(f"nowcast({ahead}): the displacement of parameter {i} is not finite")
+    if diff := differences(kept, history, "history"):
+        subject.fail("nowcast changed the history it was given:\n  " + "\n  ".join(diff))
+    if diff := differences(first, model.nowcast(history, ahead), "nowcast"):
+        subject.fail(f"nowcast({ahead}) gave another answer the second time:\n  " + "\n  ".join(diff))
+    still = [[p.clone() for p in params] for _ in range(k)]
+    moved = [float(d.abs().max()) if d.numel() else 0.0 for d in model.nowcast(still, ahead)]
+    if any(m != 0.0 for m in moved):
+        subject.fail(f"nowcast({ahead}) of a history that did not move moves the weights (by up to {max(moved):.3g})")

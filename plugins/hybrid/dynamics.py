@@ -14,15 +14,21 @@ backward pass. The hybrid schedule drives it:
 - ``penalize(factor)`` after a predicted stretch was rolled back;
 - ``state_dict()`` / ``load_state_dict()`` everything needed to continue identically.
 
+The ``nowcast`` schedule asks more of a model: that it also be a :class:`Nowcaster`, which
+predicts many steps ahead from a few snapshots (``snapshots.py``: ``linefit``; ``nowcaster.py``:
+the learned ``nowcaster``). Those two also serve the hybrid schedule, through
+:class:`~phasetrain.plugins.hybrid.snapshots.SnapshotDynamics`.
+
 ``linear`` extrapolates an exponential moving average (EMA) of real updates, scaled by a factor
 fitted online and by the ratio of the current learning rate to the one the EMA saw. Its
 confidence comes from windows of real steps: at the start of a window it commits to a prediction
 of the cumulative change over the window; at the end it compares with what really happened
-(``1 - relative error``, smoothed).
+(the cosine between the two, smoothed).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -49,6 +55,23 @@ class Dynamics(Protocol):
     def predicted_loss(self, k: int) -> float: ...
 
     def penalize(self, factor: float) -> None: ...
+
+
+@runtime_checkable
+class Nowcaster(Protocol):
+    """A dynamics model that predicts far ahead from snapshots: what the ``nowcast`` schedule
+    asks of its ``[dynamics]`` (``linefit``, ``nowcaster``; see ``snapshots.py``).
+
+    ``snapshots`` is how many it reads. ``nowcast(history, ahead)`` gets that many lists of the
+    trainable tensors, taken the same number of real steps apart, oldest first, the last being
+    the current weights; it returns where the weights will be ``ahead`` spacings after the last
+    snapshot, as a displacement from it (one finite tensor per parameter, like it). It changes
+    no state: the same history gives the same answer.
+    """
+
+    snapshots: int
+
+    def nowcast(self, history: Sequence[Sequence[torch.Tensor]], ahead: float) -> list[torch.Tensor]: ...
 
 
 def _flat_dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:

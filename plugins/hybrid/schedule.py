@@ -30,25 +30,18 @@ weights they belong to. docs/hybrid.md discusses the choice.
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import attrs
 import torch
 
 from phasetrain import Component, hookimpl
 from phasetrain.config import at_least, non_negative, positive
+from phasetrain.plugins.hybrid.probe import probe_batches, probe_loss
 from phasetrain.registry import Kind
 from phasetrain.types import Phase
 
 PHASES = ("warmup", "full", "predict", "correct")
-
-
-@runtime_checkable
-class ForwardLoss(Protocol):
-    """A task whose loss needs autograd for something other than the parameters (input
-    derivatives, say) offers it without parameter gradients; loss checks then use it."""
-
-    def forward_loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor: ...
 
 
 @attrs.define
@@ -192,21 +185,8 @@ class Hybrid:
         return self._by_name[self.controller.next_phase(trainer.state.step, self.confidence())]
 
     def probe_loss(self, trainer: Any) -> float:
-        """Forward-only loss on a fixed batch (index -1, never used for training); under
-        torch.distributed each rank scores its slice and one scalar is averaged. A task whose
-        loss needs autograd without a backward pass (PINN residuals) provides
-        ``forward_loss(model, batch)``; others are scored under ``torch.no_grad()``."""
-        task, strategy = trainer.task, trainer.strategy
-        batch = strategy.shard(task.batch(-1))
-        with trainer.precision.autocast():
-            if isinstance(task, ForwardLoss):  # e.g. PINNs: input derivatives need autograd
-                loss = task.forward_loss(trainer.model, batch).detach()
-            else:
-                with torch.no_grad():
-                    loss = task.loss(trainer.model, batch).detach()
-        if strategy.size > 1:
-            loss = strategy.mean(loss.double())
-        return float(loss)
+        """Forward-only loss on a fixed batch (index -1, never used for training; see probe.py)."""
+        return probe_loss(trainer, probe_batches(trainer, 1))
 
     @hookimpl
     def phase_enter(self, trainer: Any, phase: Phase, previous: Phase | None) -> None:
@@ -318,19 +298,23 @@ class Hybrid:
 def phasetrain_kinds() -> list[Kind]:
     from phasetrain.plugins.hybrid.dynamics import Dynamics
 
-    return [Kind("dynamics", "predicted weight updates, loss and confidence for the hybrid schedule",
+    return [Kind("dynamics", "predicted weight updates for the hybrid schedule (single steps) and nowcast (jumps)",
                  Dynamics, contracts="phasetrain.plugins.hybrid.contracts")]
 
 
 @hookimpl
 def phasetrain_components() -> list[Component]:
-    from phasetrain.plugins.hybrid import dynamics, rssm
+    from phasetrain.plugins.hybrid import dynamics, nowcast, nowcaster, snapshots
 
     return [
         Component("schedule", "hybrid", Hybrid, HybridOptions,
                   "warmup -> full -> predict -> correct, predicted steps without backward"),
+        Component("schedule", "nowcast", nowcast.Nowcast, nowcast.NowcastOptions,
+                  "stages with occasional jumps ahead, each judged after settling and rolled back if it lost"),
         Component("dynamics", "linear", dynamics.LinearDynamics, dynamics.LinearOptions,
                   "extrapolates an EMA of real updates with a fitted scale"),
-        Component("dynamics", "rssm", rssm.RSSMDynamics, rssm.RSSMOptions,
-                  "GRU state-space model of loss and per-layer update sizes, trusted once it beats linear"),
+        Component("dynamics", "linefit", snapshots.LineFit, snapshots.LineFitOptions,
+                  "per-parameter least-squares line through snapshots (nowcasts)"),
+        Component("dynamics", "nowcaster", nowcaster.LearnedNowcaster, nowcaster.NowcasterOptions,
+                  "per-parameter network learned across runs, shipped weights (nowcasts)"),
     ]
