@@ -110,7 +110,7 @@ def test_causal_micro_batches_accumulate_exactly_the_full_batch_gradient(chunks,
 
 
 def test_a_causal_run_resumes_bit_for_bit_and_logs_the_smallest_weight(tmp_path):
-    sets = ["run.steps=6", "task.causal_epsilon=10.0", "task.causal_bins=4"]
+    sets = ["run.steps=6", "task.causal_epsilon=1.0", "task.causal_bins=4"]
     data = _data("burgers")
     whole = phasetrain.Trainer.from_config(data, _sets(tmp_path / "a", *sets))
     assert 0 < whole.fit().metrics["causal_weight_min"] < 1
