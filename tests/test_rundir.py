@@ -171,3 +171,14 @@ def test_the_next_version_is_one_past_the_highest_and_never_reused(names):
     numbers = [int(n.split("_")[1]) for n in names if n.startswith("version_") and n[8:].isdigit()]
     assert rundir.next_version(names) == max(numbers, default=-1) + 1
     assert f"version_{rundir.next_version(names)}" not in names
+
+
+def test_every_shipped_preset_gives_each_run_its_own_version():
+    """docs/runs.md promises that a preset's runs never share a directory."""
+    from phasetrain import config as config_mod
+    from phasetrain.registry import load_registry
+
+    presets = load_registry().presets()
+    assert len(presets) >= 10
+    for name in presets:
+        assert config_mod.load(name).run.out_dir.endswith("{version}"), name
