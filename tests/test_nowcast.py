@@ -267,8 +267,9 @@ def test_a_kept_jump_is_never_worse_than_the_no_jump_forecast_and_a_lost_one_is_
             assert torch.equal(a, b)
 
 
-def test_when_every_jump_loses_the_run_is_bitwise_plain_training(quiet):
-    plain = phasetrain.Trainer.from_config("regression", [*quiet, "run.steps=200", "run.checkpoint_every=0",
+def test_when_every_jump_loses_the_run_is_bitwise_plain_training(quiet, tmp_path):
+    plain = phasetrain.Trainer.from_config("regression", [*quiet, f"run.out_dir='{tmp_path / 'plain'}'",
+                                                          "run.steps=200", "run.checkpoint_every=0",
                                                           "lr_schedule={use='wsd', decay_fraction=0.3}"])
     plain.fit()
     lost = nowcast_run(quiet, "dynamics={use='scripted'}", "lr_schedule={use='wsd', decay_fraction=0.3}",
@@ -321,10 +322,11 @@ class LearningRates:
         self.by_step[step] = metrics["lr"]  # a rollback replays steps: the surviving branch stays
 
 
-def test_jumps_do_not_step_the_learning_rate_schedule(quiet):
+def test_jumps_do_not_step_the_learning_rate_schedule(quiet, tmp_path):
     plain_lrs, jump_lrs = LearningRates(), LearningRates()
     schedule = "lr_schedule={use='wsd', warmup_steps=10, decay_fraction=0.5}"
-    phasetrain.Trainer.from_config("regression", [*quiet, "run.steps=200", schedule], plugins=[plain_lrs]).fit()
+    phasetrain.Trainer.from_config("regression", [*quiet, f"run.out_dir='{tmp_path / 'plain'}'", "run.steps=200", schedule],
+                                   plugins=[plain_lrs]).fit()
     run = nowcast_run(quiet, schedule, "schedule.tolerance=1e9", plugins=[jump_lrs])
     run.fit()
     assert run.schedule.controller.kept >= 2

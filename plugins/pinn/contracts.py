@@ -227,10 +227,14 @@ def evaluates_repeatedly(subject: Any, data: Any) -> None:
     except NotImplementedError:
         if "rel_l2" in keys[0]:
             subject.fail("reported rel_l2 without an exact solution")
-    images = trainer.task.images(trainer.model)
-    for name, image in images.items():
-        if image.dtype.name != "uint8" or image.ndim != 3 or image.shape[2] != 3:
-            subject.fail(f"image {name!r} is {image.dtype} of shape {image.shape}, not (H, W, 3) uint8")
+    from phasetrain.plugins.pinn.images import to_rgb
+
+    for name, figure in trainer.task.images(trainer.model).items():
+        if not hasattr(figure, "savefig"):
+            subject.fail(f"images()[{name!r}] is a {type(figure).__name__}, not a matplotlib Figure")
+        picture = to_rgb(figure)
+        if picture.ndim != 3 or picture.shape[2] != 3 or picture.size == 0:
+            subject.fail(f"images()[{name!r}] renders to shape {picture.shape}, not (H, W, 3)")
 
 
 # ---------------------------------------------------------------------------------------------

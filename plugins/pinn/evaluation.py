@@ -96,27 +96,26 @@ class Evaluation:
             results.update({f"coef_{name}_error": value for name, value in self.unknowns.errors().items()})
         return results
 
-    def images(self, model: nn.Module) -> dict[str, np.ndarray]:
-        """Prediction, exact solution and absolute error per output as RGB images (H, W, 3) uint8.
+    def images(self, model: nn.Module) -> dict[str, Any]:
+        """``{output name: matplotlib Figure}``: prediction, exact solution and absolute error.
 
         For two inputs the whole test grid is shown; for three, the slice at the last input's
-        upper bound (the final time of a space-time problem). Other problems give no images;
-        without an exact solution, only the prediction. Points of the bounding box outside the
-        domain show the lowest value of the colour scale and no error.
+        upper bound (the final time of a space-time problem). Other problems give no figures;
+        without an exact solution, the prediction alone. Points of the bounding box outside the
+        domain are drawn blank.
         """
         from .images import field_images
 
-        grid, exact = self.grid()
+        _grid, exact = self.grid()
         full, inside = self._full_grid()
         pred = self.predict(model, full)
-        truth = pred.clone()
+        truth = None
         if exact is not None:
+            truth = torch.full_like(pred, float("nan"))
             truth[slice(None) if inside is None else inside] = exact
         if inside is not None:
-            floor = torch.minimum(pred[inside].min(dim=0).values, truth[inside].min(dim=0).values)
-            pred[~inside], truth[~inside] = floor, floor
-        images = field_images(self.problem, full, pred, truth, self._grid_shape())
-        return images if exact is not None else {k: v for k, v in images.items() if k.endswith("/prediction")}
+            pred[~inside] = float("nan")
+        return field_images(self.problem, full, pred, truth, self._grid_shape())
 
     def _grid_shape(self) -> tuple[int, ...]:
         size = self.options.eval_grid or list(self.problem.default_grid)
