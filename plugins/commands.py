@@ -141,13 +141,16 @@ def cmd_kinds(_args: argparse.Namespace) -> int:
     from phasetrain.registry import load_registry
 
     registry = load_registry()
-    print(f"{'kind':<13} {'section':<14} {'declared by':<24} {'default':<10} summary")
+    rows = [("kind", "section", "declared by", "default", "summary")]
     for kind in registry.kinds.values():
         origin = registry.kind_origin(kind.name)
         who = origin.distribution if origin else "phasetrain (kernel)"
         default = ",".join(registry.defaults(kind.name)) or ("required" if kind.required else "-")
         section = f"[{kind.key}.NAME]" if kind.many else f"[{kind.key}]"
-        print(f"{kind.name:<13} {section:<14} {who:<24} {default:<10} {kind.summary}")
+        rows.append((kind.name, section, who, default, kind.summary))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]  # columns fit the longest name
+    for row in rows:
+        print(" ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)) + " " + row[4])
     return 0
 
 

@@ -143,6 +143,10 @@ def test_kinds_and_plugins_commands_list_a_declared_kind(tmp_path):
     kinds = run_cli("kinds", env=env)
     line = next(line for line in kinds.stdout.splitlines() if line.startswith("curriculum "))
     assert "[curriculum]" in line and "currplug" in line and "orders the training data" in line
+    column = kinds.stdout.splitlines()[0].index("summary")  # columns line up, however long a name
+    assert line.index("orders the training data") == column
+    best = next(line for line in kinds.stdout.splitlines() if line.startswith("best_checkpoints "))
+    assert best.index("keep the best") == column
     plugins = run_cli("plugins", env=env)
     assert "declares kinds: curriculum" in plugins.stdout
     out = tmp_path / "out"
