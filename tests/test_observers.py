@@ -19,6 +19,8 @@ from phasetrain.plugins.metrics import encode, read_records
 from phasetrain.plugins.tasks.regression import Regression, RegressionOptions
 from phasetrain.registry import plugin
 
+from .conftest import StopAt
+
 TWO_PHASES = "schedule={use='staged', stages=[{name='warm', steps=6}, {name='main'}]}"
 
 
@@ -40,16 +42,6 @@ class Recorder:
     @hookimpl
     def phase_enter(self, trainer, phase, previous):
         self.phases.append((trainer.state.step, phase.name, previous.name if previous else None))
-
-
-class StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def post_step(self, trainer, step):
-        if step + 1 == self.step:
-            trainer.stop_requested = True
 
 
 def overrides(tmp_path, *more):

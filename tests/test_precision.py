@@ -11,6 +11,8 @@ import phasetrain
 from phasetrain import hookimpl
 from phasetrain.errors import BadInput, ConfigError
 
+from .conftest import StopAt
+
 SMALL = ["task.n_train=256", "task.n_eval=128", "task.hidden=16", "task.batch_size=32", "optimizer.lr=3e-3"]
 STAGED = "schedule={{use='staged', stages=[{{name='adam', steps={a}}}, {{name='{second}'}}]}}"
 
@@ -50,16 +52,6 @@ class ForwardDtypes:
     @hookimpl
     def eval_end(self):
         self.evaluating = False
-
-
-class StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def post_step(self, trainer, step):
-        if step + 1 == self.step:
-            trainer.stop_requested = True
 
 
 def trainer(quiet, *overrides, plugins=()):

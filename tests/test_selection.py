@@ -16,6 +16,8 @@ from phasetrain.errors import BadInput, ConfigError
 from phasetrain.plugins.best_checkpoints import ranked
 from phasetrain.plugins.early_stopping import Plateau
 
+from .conftest import StopAt
+
 
 @settings(max_examples=100, deadline=None)
 @given(rises=st.integers(1, 10), patience=st.integers(1, 6), mode=st.sampled_from(["min", "max"]),
@@ -63,16 +65,6 @@ class Snapshots:
     @hookimpl
     def post_step(self, trainer, step):
         self.weights[step + 1] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-
-
-class StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def post_step(self, trainer, step):
-        if step + 1 == self.step:
-            trainer.request_stop()
 
 
 def run(tmp_path, scores, *sections, steps=24, plugins=(), resume=False, name="run"):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import phasetrain
-from phasetrain import hookimpl
 from phasetrain.testing import HookRecorder
+
+from .conftest import StopAt
 
 # A PINN step is full-batch, so its loss is a plain function of the weights; SGD with a tiny
 # learning rate leaves it all but constant: a stall.
@@ -18,16 +19,6 @@ def _sets(out, **patience):
               f"{{name='b', {STALL.replace('PATIENCE', str(patience.get('b', 2)))}}}]")
     return [f"run.out_dir='{out}'", "observers.console.quiet=true", "run.steps=30", "run.eval_every=0",
             "run.checkpoint_every=0", f"schedule={{use='staged', stages={stages}}}"]
-
-
-class StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def post_step(self, trainer, step):
-        if step + 1 == self.step:
-            trainer.request_stop()
 
 
 def test_a_stalled_stage_ends_early_and_a_stalled_last_stage_ends_the_run(tmp_path):

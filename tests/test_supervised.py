@@ -18,7 +18,7 @@ from phasetrain.plugins.supervised import imports
 
 from phasetrain.cli import main as cli
 
-from .conftest import ROOT
+from .conftest import ROOT, StopAt
 from .supervised_helpers import Net, table
 
 H = "tests.supervised_helpers"
@@ -85,16 +85,6 @@ def test_a_loader_option_that_decides_the_data_order_may_not_change_on_resume(tm
 # ---------------------------------------------------------------------------------------------
 # phasetrain.fit: live objects, resume, load_model
 # ---------------------------------------------------------------------------------------------
-
-
-class StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def post_step(self, trainer, step):
-        if step + 1 == self.step:
-            trainer.request_stop()
 
 
 def fit(tmp_path, steps, resume=False, plugins=(), workers=0, name="fit"):

@@ -14,10 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import phasetrain
-from phasetrain import hookimpl
 from phasetrain.plugins.supervised.loading import EpochBatches, per_epoch
 
-from .conftest import ROOT
+from .conftest import ROOT, StopAt
 
 H = "tests.supervised_helpers"
 
@@ -64,16 +63,6 @@ def test_every_item_comes_once_per_epoch_in_a_new_order_each_epoch():
 # ---------------------------------------------------------------------------------------------
 # Resume mid-epoch, bit for bit
 # ---------------------------------------------------------------------------------------------
-
-
-class StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def post_step(self, trainer, step):
-        if step + 1 == self.step:
-            trainer.request_stop()
 
 
 BASE = {"optimizer": {"use": "adam", "lr": 0.01}}

@@ -86,7 +86,21 @@ class LinearOptions:
     max_scale: float = attrs.field(default=2.0, validator=positive)  # cap of the fitted step scale
 
 
-class LinearDynamics:
+class SavedAsDynamics:
+    """A dynamics model's state in checkpoints, under the ``dynamics`` key, through the hooks
+    (``state_dict`` / ``load_state_dict`` are the model's own)."""
+
+    @hookimpl
+    def checkpoint(self, state: dict[str, Any]) -> None:
+        state["dynamics"] = self.state_dict()
+
+    @hookimpl
+    def restore(self, state: dict[str, Any]) -> None:
+        if "dynamics" in state:
+            self.load_state_dict(state["dynamics"])
+
+
+class LinearDynamics(SavedAsDynamics):
     """Extrapolates the smoothed real update (see the module docstring)."""
 
     kind = "linear"
@@ -202,12 +216,3 @@ class LinearDynamics:
         self.scored_windows, self._anchor = state["scored_windows"], state["anchor"]
         self._window_pred, self._window_steps = state["window_pred"], state["window_steps"]
 
-    # Plugins add their state to checkpoints through the hooks, under their own key.
-    @hookimpl
-    def checkpoint(self, state: dict[str, Any]) -> None:
-        state["dynamics"] = self.state_dict()
-
-    @hookimpl
-    def restore(self, state: dict[str, Any]) -> None:
-        if "dynamics" in state:
-            self.load_state_dict(state["dynamics"])

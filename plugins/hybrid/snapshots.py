@@ -26,8 +26,9 @@ from typing import Any
 import attrs
 import torch
 
-from phasetrain import hookimpl
 from phasetrain.config import at_least, positive, probability
+
+from .dynamics import SavedAsDynamics
 
 Tensors = list[torch.Tensor]
 
@@ -60,7 +61,7 @@ class LineFitOptions(SnapshotOptions):
     snapshots: int = attrs.field(default=5, validator=at_least(2))  # points the line is fitted to
 
 
-class SnapshotDynamics:
+class SnapshotDynamics(SavedAsDynamics):
     """The hybrid schedule's per-step protocol on top of ``nowcast`` (see the module docstring).
     Subclasses set ``snapshots`` and implement ``nowcast(history, ahead)``."""
 
@@ -143,15 +144,6 @@ class SnapshotDynamics:
         self.score, self.scored = state["score"], state["scored"]
         self.committed = None if state["committed"] is None else list(state["committed"])
         self._step = None
-
-    @hookimpl
-    def checkpoint(self, state: dict[str, Any]) -> None:
-        state["dynamics"] = self.state_dict()
-
-    @hookimpl
-    def restore(self, state: dict[str, Any]) -> None:
-        if "dynamics" in state:
-            self.load_state_dict(state["dynamics"])
 
 
 class LineFit(SnapshotDynamics):
