@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 
 from phasetrain import Component, hookimpl
-from phasetrain.config import non_negative, one_of, positive
+from phasetrain.config import in_range, non_negative, one_of
 from phasetrain.errors import CheckpointError, TrainingFailed
 from phasetrain.strategy import SingleProcess, resolve_device
 
@@ -61,7 +61,7 @@ class WritesShards(Protocol):
 @attrs.define
 class DDPOptions:
     backend: str = attrs.field(default="auto", validator=one_of("auto", "gloo", "nccl"))  # auto: by device
-    timeout_s: float = attrs.field(default=300.0, validator=positive)  # a collective waits this long
+    timeout_s: float = attrs.field(default=300.0, validator=in_range(0.001, 1e9))  # a collective waits this long (s)
     check_every: int = attrs.field(default=0, validator=non_negative)  # >0: verify weights agree every N steps
 
 

@@ -43,7 +43,7 @@ import torch
 import torch.distributed as dist
 
 from phasetrain import Component, hookimpl
-from phasetrain.config import non_negative, one_of, positive
+from phasetrain.config import in_range, non_negative, one_of
 from phasetrain.errors import BadInput
 from phasetrain.plugins import dtensor_ops
 from phasetrain.plugins.distributed import ProcessGroup, WritesShards
@@ -61,7 +61,7 @@ class ComputesIn(Protocol):
 @attrs.define
 class FSDPOptions:
     backend: str = attrs.field(default="auto", validator=one_of("auto", "gloo", "nccl"))  # auto: by device
-    timeout_s: float = attrs.field(default=300.0, validator=positive)  # a collective waits this long
+    timeout_s: float = attrs.field(default=300.0, validator=in_range(0.001, 1e9))  # a collective waits this long (s)
     wrap: list[str] = attrs.field(factory=list)  # module classes that become units of their own, e.g. ["Block"]
     wrap_depth: int = attrs.field(default=0, validator=non_negative)  # >0: also every module at depth 1..this
     reshard_after_forward: bool = True  # free gathered parameters after forward (gather again for backward)

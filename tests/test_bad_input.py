@@ -84,6 +84,7 @@ def test_a_config_path_that_is_not_a_regular_file_is_refused_without_reading(cap
     ("optimizer.lr=inf", "optimizer.lr"), ("optimizer.lr=nan", "optimizer.lr"), ("optimizer.lr=1e39", "optimizer.lr"),
     ("optimizer.eps=inf", "optimizer.eps"), ("optimizer.weight_decay=inf", "optimizer.weight_decay"),
     ("task.noise=inf", "task.noise"), ("strategy.timeout_s=inf", "strategy.timeout_s"),
+    ("strategy.timeout_s=1e38", "strategy.timeout_s"), ("strategy={use='fsdp', timeout_s=1e15}", "strategy.timeout_s"),
     ("grad_clip={use='norm', max_norm=inf}", "grad_clip.max_norm"), ("grad_clip={use='norm', norm_type=nan}", "grad_clip.norm_type"),
     ("observers.jsonl.file='/proc/nope/x'", "observers.jsonl.file"), ("observers.jsonl.file='../../x.jsonl'", "observers.jsonl.file"),
     ("observers.jsonl.file='a/../../x.jsonl'", "observers.jsonl.file"), ("observers.jsonl.file=''", "observers.jsonl.file"),
