@@ -325,13 +325,13 @@ def test_bf16_gathers_parameters_in_bf16_over_float32_master_weights(tmp_path, m
     assert torch.isfinite(torch.tensor(trainer.outcome.metrics["loss"]))
 
 
-NOWCAST = ["run.steps=60", "run.checkpoint_every=0", "dynamics={use='linefit'}",
-           "schedule={use='nowcast', start=10, every=4}"]
+NOWCAST = ["run.steps=60", "run.checkpoint_every=0", "schedule={use='nowcast', start=10, every=4}"]
 
 
-def test_nowcast_jumps_on_the_shards_as_it_does_on_whole_tensors(tmp_path):
-    whole, reference = trained(tmp_path / "n1", *NOWCAST)
-    sharded, weights = trained(tmp_path / "n2", *NOWCAST, *SHARDED)
+@pytest.mark.parametrize("model", ["linefit", "nowcaster"])  # the nowcaster's layer scale spans all shards
+def test_nowcast_jumps_on_the_shards_as_it_does_on_whole_tensors(tmp_path, model):
+    whole, reference = trained(tmp_path / "n1", *NOWCAST, f"dynamics={{use='{model}'}}")
+    sharded, weights = trained(tmp_path / "n2", *NOWCAST, f"dynamics={{use='{model}'}}", *SHARDED)
     assert sharded.schedule.controller.jumps == whole.schedule.controller.jumps > 0
     assert sharded.schedule.rollbacks == whole.schedule.rollbacks
     assert_same(weights, reference, atol=1e-5)

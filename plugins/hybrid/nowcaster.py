@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from phasetrain.errors import BadInput
+from phasetrain.plugins.distributed import is_dtensor
 from phasetrain.plugins.hybrid.snapshots import SnapshotDynamics, SnapshotOptions, Tensors, relative_to_last
 
 HORIZONS = (1.0, 2.0, 4.0, 8.0)
@@ -42,16 +43,17 @@ def feature_count(snapshots: int) -> int:
     return 2 * (snapshots - 1) + 1
 
 
-def features(rel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def features(rel: torch.Tensor, mean: Any = torch.mean) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs of the network for the scalars of one tensor.
 
     ``rel`` is (K - 1, N): ``w_i - w_last`` for the snapshots but the last, float32. Returns the
-    features (N, 2K - 1) and each scalar's scale ``s`` (N,).
+    features (N, 2K - 1) and each scalar's scale ``s`` (N,). ``mean`` averages ``s`` over the
+    whole tensor (for a shard: over every process's part).
     """
     diffs = torch.diff(torch.cat([rel, rel.new_zeros(1, rel.shape[1])]), dim=0)  # (K - 1, N)
     s = diffs.square().mean(0).sqrt()  # (N,)
     inv = torch.where(s > 0, 1.0 / s.clamp_min(TINY), torch.zeros_like(s))
-    layer = s.mean().clamp_min(TINY)
+    layer = mean(s).clamp_min(TINY)
     ratio = torch.log(s.clamp_min(TINY) / layer).where(s > 0, torch.zeros_like(s))
     x = torch.cat([rel * inv, diffs * inv, ratio[None]]).T  # (N, 2K - 1)
     return x.clamp(-CLIP, CLIP), s
@@ -110,11 +112,31 @@ def nowcast_with(net: Net, history: Sequence[Sequence[torch.Tensor]], ahead: flo
     with torch.no_grad():
         for i, rel in enumerate(zip(*relative_to_last(history), strict=True)):
             last = history[-1][i]
+            shard = is_dtensor(last)  # under fsdp: this process's part, and the layer mean of all parts
+            if shard:
+                rel = [r.to_local() for r in rel]
             stacked = torch.stack([r.reshape(-1) for r in rel]).float().cpu()  # (K - 1, N)
-            x, s = features(stacked)
+            x, s = features(stacked, mean=_mean_over(last) if shard else torch.mean)
             y = torch.cat([net(part) for part in x.split(chunk)]) if x.shape[0] else x.new_zeros(0, len(HORIZONS))
-            out.append(((y @ mix) * s).reshape(last.shape).to(last.dtype).to(last.device))
+            local = last.to_local() if shard else last
+            step = ((y @ mix) * s).reshape(local.shape).to(local.dtype).to(local.device)
+            out.append(type(last).from_local(step, last.device_mesh, last.placements, shape=last.shape,
+                                             stride=last.stride(), run_check=False) if shard else step)
     return out
+
+
+def _mean_over(sharded: Any) -> Any:
+    """The mean over every process's part of a sharded tensor: one all-reduce of two numbers."""
+    import torch.distributed as dist
+
+    group, device = sharded.device_mesh.get_group(), sharded.to_local().device  # nccl reduces on the GPU
+
+    def mean(s: torch.Tensor) -> torch.Tensor:
+        total = torch.tensor([float(s.double().sum()), float(s.numel())], dtype=torch.float64, device=device)
+        dist.all_reduce(total, group=group)
+        return (total[0] / total[1].clamp_min(1)).to("cpu", s.dtype)
+
+    return mean
 
 
 @attrs.define
