@@ -110,7 +110,7 @@ class Staged:
     @hookimpl
     def train_start(self, trainer: Any) -> None:
         if self.finished:
-            trainer.request_stop()
+            trainer.request_stop("stopped")
 
     @hookimpl
     def post_step(self, trainer: Any, step: int, metrics: Mapping[str, Any]) -> None:
@@ -128,7 +128,7 @@ class Staged:
         """End stage ``index`` at ``step``: later stages move up; after the last, the run stops."""
         if index == len(self.ends) - 1:
             self.finished = True
-            trainer.request_stop()
+            trainer.request_stop("stopped")
             return
         early = self.ends[index] - step
         for j in range(index, len(self.ends)):

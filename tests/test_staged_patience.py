@@ -30,7 +30,7 @@ def test_a_stalled_stage_ends_early_and_a_stalled_last_stage_ends_the_run(tmp_pa
     enters = [(e[1], e[2]) for e in recorder.of("phase_enter")]
     assert enters == [("a", None), ("b", "a")]
     assert [e[1] for e in recorder.of("pre_step")] == list(range(7))
-    assert outcome.status == "interrupted" and outcome.steps == 7
+    assert outcome.status == "stopped" and outcome.steps == 7
     again = phasetrain.Trainer.from_config(DATA, _sets(tmp_path))
     again.resume(report=lambda _m: None)
     assert again.fit().steps == 7  # it knows the run is over
