@@ -69,7 +69,7 @@ def diffusion_plugin():
     from phasetrain.plugins.pinn.conditions import initial, observations
     from phasetrain.plugins.pinn.derivatives import Derivatives
     from phasetrain.plugins.pinn.inverse import Unknown
-    from phasetrain.plugins.pinn.problem_base import Problem
+    from phasetrain.plugins.pinn.problem_base import Condition, Problem
     from phasetrain.registry import plugin
 
     class DiffusionInverse(Problem):
@@ -94,9 +94,12 @@ def diffusion_plugin():
             def where(n, _generator):  # the example's 10 measurement points at t = 1
                 return torch.stack([torch.linspace(-1, 1, 10, dtype=torch.float64), torch.ones(10).double()], 1)
 
+            # DeepXDE's example also adds the measurement points to its collocation points
+            # (``anchors=observe_x``): here, the PDE residual at those points as a condition.
             return [self._dirichlet_from_exact("boundary"),
                     initial("initial", self, lambda x: torch.sin(math.pi * x[:, :1])),
-                    observations("data", self, 10, sample=where)]
+                    observations("data", self, 10, sample=where),
+                    Condition("anchors", where, self.residual, points=10)]
 
     class Plugin:
         @hookimpl
@@ -132,7 +135,7 @@ def run_phasetrain(problem: str, seed: int, budget: float, every: float, threads
                    f"history_size={s['history']}, tolerance_grad=0.0, tolerance_change=0.0}}}}")
     data = {"task": {"use": "pinn"}, "residual": {"use": problem}}
     sets = [f"run.seed={seed}", f"run.threads={threads}", "run.steps=10000000", "run.eval_every=0",
-            "run.checkpoint_every=0", "observers.console.quiet=true", f"run.out_dir='runs/bench-deepxde/{problem}'",
+            "run.checkpoint_every=0", "observers.console.quiet=true", f"run.out_dir='runs/bench-deepxde/{problem}/{{version}}'",
             f"task.hidden={s['hidden']}", f"task.depth={s['depth']}", "task.dtype='float32'",
             f"task.n_initial={s['initial']}", f"task.n_boundary={s['boundary']}",
             f"sampler={{use='sobol', n={s['domain']}}}", f"optimizer={{use='adam', lr={s['lr']}}}",

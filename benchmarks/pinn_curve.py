@@ -118,7 +118,7 @@ def main() -> None:
     args = p.parse_args()
     budget, every = (60.0, 5.0) if args.quick else (args.budget, args.every)
     torch.set_num_threads(args.threads)
-    result = run(args.preset, args.overrides, budget, every, args.threads, f"runs/bench-curve/{args.preset}",
+    result = run(args.preset, args.overrides, budget, every, args.threads, f"runs/bench-curve/{args.preset}/{{version}}",
                  args.clock == "cpu")
     result.update(torch=torch.__version__, platform=platform.platform(), cpus=os.cpu_count(), quick=args.quick)
     print(f"\n{'threshold':>10} {'wall s':>8} {'cpu s':>8} {'steps':>6} {'evals':>6}  (load {result['load_avg_before']:.1f})")
