@@ -18,6 +18,8 @@ from phasetrain.plugins.pinn.problems import PROBLEMS
 from phasetrain.registry import plugin
 from phasetrain.testing import HookRecorder
 
+from ..conftest import StopAt
+
 
 def _sets(tmp_path, *extra):
     return [f"run.out_dir='{tmp_path}'", "observers.console.quiet=true", "run.eval_every=0",
@@ -57,16 +59,6 @@ def test_the_residual_reads_the_true_values_until_bound_and_the_trained_ones_aft
     assert float(bound.value("nu")) == pytest.approx(0.05) and float(bound.raw["nu"]) == pytest.approx(-2.9957, 1e-4)
     with pytest.raises(ValueError, match="positive initial value"):
         Unknown(-1.0, positive=True)
-
-
-class StopAt:
-    def __init__(self, step: int):
-        self.step = step
-
-    @hookimpl
-    def post_step(self, trainer, step):
-        if step + 1 == self.step:
-            trainer.request_stop()
 
 
 STAGED = ["run.steps=6", "schedule={use='staged', stages=[{name='adam', steps=3}, "

@@ -21,6 +21,8 @@ from phasetrain.plugins.pinn.problem_base import Condition, Problem
 from phasetrain.plugins.pinn.problems import PROBLEMS
 from phasetrain.registry import load_registry, plugin
 
+from ..conftest import StopAt
+
 FAST = settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -134,16 +136,6 @@ def test_multi_output_problems_report_the_error_of_each_output(tmp_path):
 
 
 # -- checkpoints and resume ---------------------------------------------------------------------
-
-
-class StopAt:
-    def __init__(self, step: int):
-        self.step = step
-
-    @hookimpl
-    def post_step(self, trainer, step):
-        if step + 1 == self.step:
-            trainer.stop_requested = True
 
 
 RAD = [
