@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import tomllib
 
+import pytest
+
 from .conftest import run_cli
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_run_trains_a_preset_and_prints_a_summary(tmp_path):
     result = run_cli("run", "regression", "--set", "run.steps=20", "--set", f"run.out_dir='{tmp_path}'")
     assert result.returncode == 0, result.stderr
@@ -15,6 +18,7 @@ def test_run_trains_a_preset_and_prints_a_summary(tmp_path):
     assert (tmp_path / "checkpoints" / "step-00000020" / "state.pt").exists()
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_progress_is_plain_lines_when_not_a_terminal(tmp_path):
     result = run_cli("run", "regression", "--set", "run.steps=20", "--set", "run.log_every=10",
                      "--set", f"run.out_dir='{tmp_path}'")
@@ -32,6 +36,7 @@ def test_bad_config_exits_2_with_one_line_naming_file_and_field(tmp_path):
     assert lines == [f"phasetrain: error: {bad}: optimizer.lr: expected a float, got a string 'fast'"]
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_unknown_key_and_unknown_component_exit_2(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[task]\nuse = "regresion"\n')
@@ -43,6 +48,7 @@ def test_unknown_key_and_unknown_component_exit_2(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_invalid_toml_and_missing_file_exit_2(tmp_path):
     bad = tmp_path / "broken.toml"
     bad.write_text("[task\n")
@@ -52,11 +58,13 @@ def test_invalid_toml_and_missing_file_exit_2(tmp_path):
     assert result.returncode == 2 and "no such file" in result.stderr
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_bad_arguments_exit_2():
     assert run_cli("frobnicate").returncode == 2
     assert run_cli("run").returncode == 2
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_config_prints_the_resolved_config_as_toml():
     result = run_cli("config", "lm", "--set", "optimizer.lr=0.01")
     assert result.returncode == 0, result.stderr
@@ -65,6 +73,7 @@ def test_config_prints_the_resolved_config_as_toml():
     assert data["run"]["keep_checkpoints"] == 3 and data["task"]["n_head"] == 4
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_presets_lists_the_shipped_presets():
     result = run_cli("presets")
     assert result.returncode == 0
@@ -72,6 +81,7 @@ def test_presets_lists_the_shipped_presets():
     assert {"regression", "lm", "regression-lbfgs"} <= set(names)
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_a_failure_during_training_exits_1_and_keeps_the_last_checkpoint(tmp_path):
     from .test_registry import fake_distribution
 
@@ -106,6 +116,7 @@ def test_version_prints_the_installed_version(capsys):
     assert capsys.readouterr().out == f"phasetrain {phasetrain.__version__}\n"
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_a_closed_pipe_ends_the_command_quietly():
     """``phasetrain presets | head -0``: the reader is gone before anything is written."""
     import os

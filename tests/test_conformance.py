@@ -43,7 +43,13 @@ def test_kinds_without_contracts(kind):
     pytest.skip(f"{kind}: {NOT_COVERED[kind]}")
 
 
-@pytest.mark.parametrize(("kind", "name"), COMPONENTS, ids=[f"{k}-{n}" for k, n in COMPONENTS])
+#: Components whose contracts train a PINN or L-BFGS for seconds: CI checks them, the fast lane one of them.
+SLOW = {("residual", n) for n in BUILTINS.names("residual") if n != "heat1d"} | {
+    ("optimizer", "lbfgs"), ("sampler", "rad"), ("sampler", "rar-d")}
+
+
+@pytest.mark.parametrize(("kind", "name"), [
+    pytest.param(k, n, id=f"{k}-{n}", marks=[pytest.mark.slow] if (k, n) in SLOW else []) for k, n in COMPONENTS])
 def test_builtin_component_meets_its_contracts(kind, name):
     report = check_component(kind, name, **KNOWN_ISSUES.get((kind, name), {}))
     checked = report.names("passed") + report.names("skipped")

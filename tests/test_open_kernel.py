@@ -122,6 +122,7 @@ def test_a_component_that_lacks_its_kinds_protocol_fails_at_start_naming_what_is
                                        plugins=[plugin(Lazy(), "lazy", "lazy-dist")])
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_kinds_and_plugins_commands_list_a_declared_kind(tmp_path):
     from .test_registry import fake_distribution
 

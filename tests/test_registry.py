@@ -46,6 +46,7 @@ GOOD = """
 """
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_builtins_are_listed_with_kinds_and_distribution():
     result = run_cli("plugins")
     assert result.returncode == 0, result.stderr
@@ -55,6 +56,7 @@ def test_builtins_are_listed_with_kinds_and_distribution():
         assert "phasetrain" in line and kind in line
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_third_party_component_and_hook_are_used_by_name(tmp_path):
     env = fake_distribution(tmp_path / "site", GOOD)
     listing = run_cli("plugins", env=env)
@@ -66,6 +68,7 @@ def test_third_party_component_and_hook_are_used_by_name(tmp_path):
     assert "fakeplug saw the end at step 5" in result.stdout
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_autoload_switch_loads_only_builtins(tmp_path):
     env = fake_distribution(tmp_path / "site", GOOD)
     env["PHASETRAIN_DISABLE_PLUGIN_AUTOLOAD"] = "1"
@@ -93,6 +96,7 @@ def quick_run(tmp_path: Path, *sets: str, env: dict) -> object:
     return run_cli("run", "regression", *args, env=env)
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_a_broken_plugin_is_listed_with_its_cause_and_stops_nothing_else(tmp_path):
     env = fake_distribution(tmp_path / "site", "raise ImportError('needs libfoo')\n")
     listing = run_cli("plugins", env=env)
@@ -109,6 +113,7 @@ def test_a_broken_plugin_is_listed_with_its_cause_and_stops_nothing_else(tmp_pat
     assert "unknown optimizer 'plainsgd'" in error and "fakeplug_ep' from fakeplug 0.3 is broken" in error
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_two_distributions_with_the_same_component_name_are_named_and_neither_is_used(tmp_path):
     clash = GOOD.replace('"plainsgd"', '"adam"')
     env = fake_distribution(tmp_path / "site", clash, name="clashplug", version="1.2")
@@ -124,6 +129,7 @@ def test_two_distributions_with_the_same_component_name_are_named_and_neither_is
     assert other.returncode == 0, other.stderr
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_the_same_entry_point_name_in_two_distributions_loads_both(tmp_path):
     other = GOOD.replace('"plainsgd"', '"othersgd"').replace("fakeplug saw", "second saw")
     env = fake_site(tmp_path / "site", ("firstdist", "1.0", "myopt", GOOD), ("seconddist", "2.0", "myopt", other))
@@ -136,6 +142,7 @@ def test_the_same_entry_point_name_in_two_distributions_loads_both(tmp_path):
     assert "fakeplug saw the end" in result.stdout and "second saw the end" in result.stdout
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_hook_implementation_matching_no_spec_makes_the_plugin_broken(tmp_path):
     source = """
         from phasetrain import hookimpl

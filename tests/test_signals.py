@@ -45,6 +45,7 @@ def uninterrupted(tmp_path, steps):
     return trainer.model.state_dict()
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_sigterm_checkpoints_says_how_to_resume_and_exits_0(tmp_path):
     out = tmp_path / "run"
     proc = start(out, steps=200000)
@@ -60,6 +61,7 @@ def test_sigterm_checkpoints_says_how_to_resume_and_exits_0(tmp_path):
     assert f"stopped at step {stopped}" in stdout
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_sigkill_at_random_moments_always_resumes_to_identical_weights(tmp_path):
     steps = 400
     out = tmp_path / "run"
@@ -81,6 +83,7 @@ def test_sigkill_at_random_moments_always_resumes_to_identical_weights(tmp_path)
         assert torch.equal(final["model"][name], tensor), name
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_resume_without_checkpoint_exits_2(tmp_path):
     from .conftest import run_cli
 

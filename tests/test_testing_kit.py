@@ -366,6 +366,7 @@ def test_the_pytest_plugin_loads_without_torch_or_hypothesis():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up
 def test_the_pytest_plugin_offers_fixtures_and_the_component_marker(tmp_path):
     (tmp_path / "test_plugin_use.py").write_text(textwrap.dedent('''
         import attrs, pytest, torch
