@@ -174,8 +174,18 @@ class ProcessGroup:
         dist.barrier()
 
     def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        if not dist.is_initialized():
+            return
+        if sys.exc_info()[0] is None:
+            # A clean end: leave together. A process that tears down its connections while a
+            # peer still finishes its last collective can make gloo abort that peer at exit
+            # ("terminate called without an active exception"). After an error, do not wait:
+            # the failing process may never arrive.
+            try:
+                dist.barrier()
+            except Exception:  # noqa: BLE001 - a peer already gone: nothing left to wait for
+                pass
+        dist.destroy_process_group()
 
 
 class DDP(ProcessGroup):
