@@ -56,7 +56,8 @@ import torch.distributed as dist
 from phasetrain import Component, NoOptions, hookimpl
 from phasetrain.errors import CheckpointError, TrainingFailed
 from phasetrain.plugins.distributed import ShardsState, is_dtensor
-from phasetrain.plugins.store import META_FILE, STATE_FILE, accepted, checkpoint_dir, list_checkpoints, name_for, versions
+from phasetrain.plugins.store import (META_FILE, STATE_FILE, _fsync_dir, _write, accepted, checkpoint_dir, list_checkpoints,
+                                      name_for, versions)
 from phasetrain.state import rng_state
 
 FORMAT = "phasetrain-sharded/1"
@@ -120,22 +121,6 @@ def template(marker: Mapping[str, Any], mesh: Any, device: torch.device) -> torc
 # ---------------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write(path: Path, data: bytes) -> str:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return hashlib.sha256(data).hexdigest()
 
 
 def sha256(path: Path) -> str:
@@ -254,7 +239,9 @@ class ShardedStore:
         sums = {name: digest for own in gathered for name, digest in own.items()}
         if (tmp / INDEX_FILE).exists():
             sums[INDEX_FILE] = sha256(tmp / INDEX_FILE)
-        sums[STATE_FILE] = _write(tmp / STATE_FILE, buffer.getvalue())
+        data = buffer.getvalue()
+        _write(tmp / STATE_FILE, data)
+        sums[STATE_FILE] = hashlib.sha256(data).hexdigest()
         meta = {"format": FORMAT, "step": trainer.state.step, "world_size": trainer.strategy.size, "sha256": sums,
                 "config": trainer.config.to_dict(), "config_hash": trainer.config.hash(), "versions": versions(trainer)}
         _write(tmp / META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
