@@ -92,6 +92,16 @@ class RunClock:
         return self._offset + time.perf_counter() - self._t0
 
 
+def phase_number(phases: list[str], phase: Any, previous: Any) -> int | None:
+    """The number a tracker plots for ``phase`` on entering it: its index in ``phases`` (names in
+    order of first appearance, appended to here). ``None`` when a resume re-enters a phase already
+    recorded, which a tracker should not record again."""
+    known = phase.name in phases
+    if not known:
+        phases.append(phase.name)
+    return None if previous is None and known else phases.index(phase.name)
+
+
 def flatten_config(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """A config as ``{"optimizer.lr": 0.001, ...}``: numbers, strings and booleans as they are,
     lists as JSON, ``None`` left out (what TensorBoard's HParams and MLflow's params accept)."""

@@ -30,7 +30,7 @@ import attrs
 from phasetrain import Component, hookimpl
 from phasetrain.config import non_negative
 from phasetrain.errors import TrainingFailed
-from phasetrain.plugins.observing import flatten_config, inside_run_dir, is_writer, numeric_fields
+from phasetrain.plugins.observing import flatten_config, inside_run_dir, is_writer, numeric_fields, phase_number
 
 STATE_KEY = "tensorboard"
 
@@ -126,15 +126,13 @@ class TensorBoard:
     def phase_enter(self, trainer: Any, phase: Any, previous: Any) -> None:
         if self.writer is None:
             return
-        known = phase.name in self.phases
-        if not known:
-            self.phases.append(phase.name)
-        if previous is None and known:
-            return  # resumed inside a phase already recorded
+        number = phase_number(self.phases, phase, previous)
+        if number is None:
+            return
         step = trainer.state.step
         before = f"{previous.name} -> " if previous is not None else ""
         self.writer.add_text("phase", f"step {step}: {before}{phase.name}", step)
-        self.writer.add_scalar("train/phase", self.phases.index(phase.name), step)
+        self.writer.add_scalar("train/phase", number, step)
 
     @hookimpl
     def event(self, step: int, name: str, message: str) -> None:

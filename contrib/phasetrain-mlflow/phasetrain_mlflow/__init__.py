@@ -35,7 +35,7 @@ import attrs
 
 from phasetrain import Component, hookimpl
 from phasetrain.config import non_negative, positive
-from phasetrain.plugins.observing import flatten_config, is_writer, numeric_fields
+from phasetrain.plugins.observing import flatten_config, is_writer, numeric_fields, phase_number
 
 STATE_KEY = "mlflow"
 STATUS = {"completed": "FINISHED", "stopped": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}
@@ -147,15 +147,13 @@ class MlflowObserver:
     def phase_enter(self, trainer: Any, phase: Any, previous: Any) -> None:
         if self.client is None:
             return
-        known = phase.name in self.phases
-        if not known:
-            self.phases.append(phase.name)
-        if previous is None and known:
-            return  # resumed inside a phase already recorded
+        number = phase_number(self.phases, phase, previous)
+        if number is None:
+            return
         step = trainer.state.step
         self.events.append({"step": step, "name": "phase", "phase": phase.name,
                             "previous": previous.name if previous is not None else None})
-        self._add("train", {"phase": self.phases.index(phase.name)}, step)
+        self._add("train", {"phase": number}, step)
         self.client.set_tag(self.run_id, "phasetrain.phases", " -> ".join(self.phases))
 
     @hookimpl
